@@ -1,0 +1,73 @@
+"""Train and encode tiny Shakespeare with minillm, tiktoken and HuggingFace `tokenizers`.
+
+    python benchmarks/bench_tokenizer.py [--vocab 1024 4096] [--repeats 3]
+
+Every tokenizer sees the same text with GPT-4's split pattern, in this one run, so the ratios
+compare like with like on this machine. Timings are the best of ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from tokenizers import Regex, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+
+from minillm.data import load_shakespeare
+from minillm.tokenizer import GPT4_PATTERN, Tokenizer
+
+
+def best_time(fn, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def train_hf(text: str, vocab_size: int) -> HFTokenizer:
+    tok = HFTokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text], trainer=trainer)
+    return tok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    text = load_shakespeare()
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"tiny Shakespeare: {mb:.2f} MB, best of {args.repeats} runs\n")
+    header = (f"{'vocab':>6} | {'train minillm':>13} | {'train HF':>8} | {'ratio':>5} | "
+              f"{'encode minillm':>14} | {'tiktoken':>8} | {'HF':>8} | tokens/byte")
+    print(header)
+    print("-" * len(header))
+    for vocab in args.vocab:
+        t_ours, tok = best_time(lambda v=vocab: Tokenizer.train(text, v), args.repeats)
+        t_hf, hf = best_time(lambda v=vocab: train_hf(text, v), args.repeats)
+        # A fresh tokenizer each time, so the piece cache starts empty as for a new text.
+        e_ours, ids = best_time(lambda: Tokenizer(tok.ranks, tok.pattern).encode(text),
+                                args.repeats)
+        enc = tok.to_tiktoken()
+        e_tt, tt_ids = best_time(lambda: enc.encode(text), args.repeats)
+        e_hf, _ = best_time(lambda: hf.encode(text).ids, args.repeats)
+        assert ids == tt_ids, "minillm and tiktoken disagree"
+        print(f"{vocab:>6} | {t_ours:>11.2f} s | {t_hf:>6.2f} s | {t_ours / t_hf:>5.1f} | "
+              f"{mb / e_ours:>9.2f} MB/s | {mb / e_tt:>8.2f} | {mb / e_hf:>8.2f} | "
+              f"{len(ids) / (mb * 1e6):.3f}")
+    print("\nencode columns are MB/s; ratio = minillm training time / HF training time")
+
+
+if __name__ == "__main__":
+    main()

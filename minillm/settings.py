@@ -1,0 +1,40 @@
+"""Where minillm keeps its files, and how big the lessons run.
+
+Two environment variables steer every lesson and command:
+
+- ``MINILLM_HOME``: the folder for artifacts (tokenizers, checkpoints, datasets, metric logs).
+  Default: ``$XDG_CACHE_HOME/minillm``, i.e. ``~/.cache/minillm`` on most systems.
+- ``MINILLM_PROFILE``: ``quick`` (sizes that run in minutes on a laptop CPU) or ``full``
+  (sizes meant for a GPU). Default: ``full`` when a CUDA GPU is present, else ``quick``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROFILES = ("quick", "full")
+
+
+def home_dir() -> Path:
+    """The artifact folder (created on first use)."""
+    env = os.environ.get("MINILLM_HOME")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(cache) / "minillm"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def profile() -> str:
+    """``"quick"`` or ``"full"``: from ``MINILLM_PROFILE``, else chosen by the hardware."""
+    name = os.environ.get("MINILLM_PROFILE", "").strip().lower()
+    if not name:
+        import torch
+
+        return "full" if torch.cuda.is_available() else "quick"
+    if name not in PROFILES:
+        raise ValueError(f"MINILLM_PROFILE must be one of {PROFILES}, not {name!r}.")
+    return name

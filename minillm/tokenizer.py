@@ -1,0 +1,326 @@
+"""Byte-level BPE, the tokenizer of GPT-2 and GPT-4, small enough to read in one sitting.
+
+A token is a byte string; its id is its *rank*, the step at which training created it (the 256
+single bytes come first). Encoding a piece of text repeatedly joins the adjacent pair whose
+concatenation has the lowest rank, exactly as tiktoken does, so a tokenizer trained here and
+``to_tiktoken()`` give the same ids, and ``Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))``
+encodes like OpenAI's own tokenizer.
+
+Before BPE, a regex splits the text into pieces (words with their leading space, runs of digits,
+punctuation, whitespace); merges never cross a piece boundary, so "dog." and "dog!" share "dog".
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import regex
+
+# The split patterns of GPT-2 (tiktoken's r50k_base) and GPT-4 (cl100k_base).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+FORMAT = "minillm-tokenizer/1"
+
+
+def pair_counts(ids: list[int], counts: dict | None = None, weight: int = 1) -> dict:
+    """Count adjacent pairs: [1, 2, 1, 2] -> {(1, 2): 2, (2, 1): 1} (added to ``counts``)."""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace each occurrence of ``pair`` (left to right, no overlaps) by ``new_id``."""
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+
+
+def bpe_pieces(piece: bytes, ranks: dict[bytes, int]) -> list[bytes]:
+    """Split one pre-tokenized piece into tokens: join the lowest-ranked adjacent pair until none
+    is in the vocabulary (ties go to the leftmost pair, as in tiktoken)."""
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best_rank, best_i = None, -1
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best_rank, best_i = rank, i
+        if best_i < 0:
+            break
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: ``ranks`` maps each token's bytes to its id."""
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str = "gpt4", special_tokens=None):
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self.ranks = dict(ranks)
+        self.special_tokens = dict(special_tokens or {})
+        self._split = regex.compile(self.pattern)
+        self._decoder = {i: b for b, i in self.ranks.items()}
+        self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        if len(self._decoder) != len(self.ranks) + len(self.special_tokens):
+            raise ValueError("Two tokens share an id; every token needs its own id.")
+        # One more than the largest id (special tokens included), like tiktoken's n_vocab.
+        self.vocab_size = max(self._decoder) + 1
+        self._cache: dict[str, list[int]] = {}
+
+    @property
+    def merges(self) -> list[tuple[bytes, ...]]:
+        """The merges in rank order, as (left, right) byte strings: the training history,
+        recovered from the ranks by encoding each token with only the tokens older than it."""
+        merges, earlier = [], {}
+        for rank, token in sorted((i, b) for b, i in self.ranks.items()):
+            if len(token) > 1:
+                merges.append(tuple(bpe_pieces(token, earlier)))
+            earlier[token] = rank
+        return merges
+
+    # ---- training -------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int, pattern: str = "gpt4", special_tokens=None,
+              progress: bool = False) -> Tokenizer:
+        """Learn ``vocab_size`` tokens from ``text``: 256 bytes, the merges, then the special
+        tokens (a list of strings, which take the last ids)."""
+        special_tokens = list(special_tokens or [])
+        n_merges = vocab_size - 256 - len(special_tokens)
+        if n_merges < 0:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small: it must hold 256 bytes plus "
+                f"{len(special_tokens)} special tokens."
+            )
+        split = regex.compile(PATTERNS.get(pattern, pattern))
+        words = Counter(split.findall(text))
+        vocab = [bytes([b]) for b in range(256)]
+        merges = _learn_merges(words, n_merges, vocab, progress)
+        if len(merges) < n_merges:
+            warnings.warn(
+                f"The text only supports {len(merges)} merges; the vocabulary is "
+                f"{256 + len(merges) + len(special_tokens)} tokens, not {vocab_size}.",
+                stacklevel=2,
+            )
+        ranks = {b: i for i, b in enumerate(vocab)}
+        specials = {s: len(vocab) + k for k, s in enumerate(special_tokens)}
+        return cls(ranks, pattern, specials)
+
+    # ---- encoding and decoding ------------------------------------------------------------
+
+    def encode(self, text: str, allowed_special=()) -> list[int]:
+        """Text to ids. Special-token text is plain text unless named in ``allowed_special``
+        (a set of strings, or ``"all"``), so user input can never smuggle in a control token."""
+        text = _without_surrogates(text)
+        allowed = self.special_tokens if allowed_special == "all" else set(allowed_special)
+        unknown = set(allowed) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"Not special tokens of this tokenizer: {sorted(unknown)}.")
+        if not allowed:
+            return self.encode_ordinary(text)
+        specials = sorted(allowed, key=len, reverse=True)
+        splitter = regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
+        ids = []
+        for k, chunk in enumerate(splitter.split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[chunk])
+            elif chunk:
+                ids.extend(self.encode_ordinary(chunk))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text to ids, treating every character as ordinary text."""
+        ids, cache = [], self._cache
+        for piece in self._split.findall(_without_surrogates(text)):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                piece_ids = cache[piece] = self._encode_piece(piece.encode("utf-8"))
+            ids.extend(piece_ids)
+        return ids
+
+    def _encode_piece(self, piece: bytes) -> list[int]:
+        whole = self.ranks.get(piece)
+        if whole is not None:
+            return [whole]
+        return [self.ranks[part] for part in bpe_pieces(piece, self.ranks)]
+
+    def decode_bytes(self, ids) -> bytes:
+        """Ids to the exact bytes they stand for (which may end mid-character)."""
+        try:
+            return b"".join(self._decoder[int(i)] for i in ids)
+        except KeyError as err:
+            raise ValueError(
+                f"Token id {err.args[0]} is not in the vocabulary (ids are 0..{self.vocab_size - 1})."
+            ) from None
+
+    def decode(self, ids) -> str:
+        """Ids to text; bytes that do not form valid UTF-8 become U+FFFD replacement characters."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token."""
+        return self.decode_bytes([token_id])
+
+    def truncated(self, n_merges: int) -> Tokenizer:
+        """The tokenizer as it was after its first ``n_merges`` merges (special tokens kept)."""
+        ranks = {b: i for b, i in self.ranks.items() if i < 256 + n_merges}
+        return Tokenizer(ranks, self.pattern, self.special_tokens)
+
+    # ---- interoperability and files -------------------------------------------------------
+
+    def to_tiktoken(self, name: str = "minillm"):
+        """The same tokenizer as a ``tiktoken.Encoding`` (Rust speed, identical ids)."""
+        import tiktoken
+
+        return tiktoken.Encoding(
+            name=name,
+            pat_str=self.pattern,
+            mergeable_ranks=self.ranks,
+            special_tokens=self.special_tokens,
+        )
+
+    @classmethod
+    def from_tiktoken(cls, encoding) -> Tokenizer:
+        """Load a published tiktoken encoding (e.g. ``tiktoken.get_encoding("gpt2")``)."""
+        # tiktoken's README shows these attributes as the way to extend an encoding.
+        return cls(encoding._mergeable_ranks, encoding._pat_str, encoding._special_tokens)
+
+    def save(self, path) -> None:
+        """Write one JSON file, a token per line as [id, hex bytes, text], atomically."""
+        path = Path(path)
+        lines = [
+            "{",
+            f'  "format": {json.dumps(FORMAT)},',
+            f'  "pattern": {json.dumps(self.pattern)},',
+            f'  "special_tokens": {json.dumps(self.special_tokens, ensure_ascii=False)},',
+            '  "tokens": [',
+        ]
+        tokens = sorted((i, b) for b, i in self.ranks.items())
+        rows = [
+            f"    [{i}, {json.dumps(b.hex())}, "
+            f"{json.dumps(b.decode('utf-8', errors='replace'), ensure_ascii=False)}]"
+            for i, b in tokens
+        ]
+        lines += [",\n".join(rows), "  ]", "}"]
+        _write_atomic(path, "\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path) -> Tokenizer:
+        """Read a file written by ``save``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No tokenizer file at {path}.") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not a minillm tokenizer file ({err}).") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a minillm tokenizer file (format {FORMAT}).")
+        ranks = {bytes.fromhex(hexed): i for i, hexed, _ in data["tokens"]}
+        return cls(ranks, data["pattern"], data["special_tokens"])
+
+    def __repr__(self) -> str:
+        name = next((k for k, v in PATTERNS.items() if v == self.pattern), "custom")
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, pattern={name!r}, "
+            f"special_tokens={list(self.special_tokens)})"
+        )
+
+
+def _learn_merges(words: Counter, n_merges: int, vocab: list[bytes], progress: bool) -> list:
+    """BPE training on the distinct pieces of the text, weighted by how often each occurs.
+
+    Pair counts are kept up to date incrementally: a merge only revisits the pieces that contain
+    the merged pair (``where``), and a heap with lazy deletion finds the most frequent pair.
+    Ties go to the pair of smallest ids, so training is deterministic. Appends to ``vocab``.
+    """
+    from tqdm.auto import tqdm
+
+    pieces = [list(w.encode("utf-8")) for w in words]
+    weights = list(words.values())
+    counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for k, ids in enumerate(pieces):
+        for pair in zip(ids, ids[1:]):
+            counts[pair] += weights[k]
+            where[pair].add(k)
+    heap = [(-c, pair) for pair, c in counts.items()]
+    heapq.heapify(heap)
+    rank_of = {b: i for i, b in enumerate(vocab)}
+    merges = []
+    bar = tqdm(total=n_merges, desc="BPE merges", disable=not progress)
+    while len(merges) < n_merges and heap:
+        negative_count, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -negative_count:
+            continue  # a stale heap entry: the pair's count has changed since it was pushed
+        token = vocab[pair[0]] + vocab[pair[1]]
+        # A pair can spell a token that already exists ("a"+"bc" after "ab"+"c"): reuse its id,
+        # so no two ids share bytes, and the vocabulary does not grow for it.
+        new_id = rank_of.get(token)
+        if new_id is None:
+            new_id = rank_of[token] = len(vocab)
+            vocab.append(token)
+            merges.append(pair)
+            bar.update()
+        changed = set()
+        for k in where.pop(pair):
+            old, weight = pieces[k], weights[k]
+            new = merge_pair(old, pair, new_id)
+            pieces[k] = new
+            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
+            for p in old_pairs:
+                counts[p] -= weight
+            for p in new_pairs:
+                counts[p] += weight
+            for p in set(old_pairs) - set(new_pairs):
+                where[p].discard(k)
+            for p in set(new_pairs) - set(old_pairs):
+                where[p].add(k)
+            changed.update(old_pairs)
+            changed.update(new_pairs)
+        for p in changed:
+            if counts[p] > 0:
+                heapq.heappush(heap, (-counts[p], p))
+            else:
+                del counts[p]
+    bar.close()
+    return merges
+
+
+def _without_surrogates(text: str) -> str:
+    # Lone surrogates cannot be UTF-8 encoded; tiktoken replaces them with U+FFFD, and so do we.
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

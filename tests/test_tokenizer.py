@@ -1,0 +1,194 @@
+import json
+from collections import Counter
+
+import pytest
+import tiktoken
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minillm.tokenizer import GPT2_PATTERN, GPT4_PATTERN, Tokenizer, merge_pair, pair_counts
+
+SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@pytest.fixture(scope="module")
+def shakespeare_tok(corpus) -> Tokenizer:
+    return Tokenizer.train(corpus, 1024, special_tokens=SPECIALS)
+
+
+@pytest.fixture(scope="module")
+def cl100k() -> tiktoken.Encoding:
+    return tiktoken.get_encoding("cl100k_base")
+
+
+def test_patterns_are_tiktokens():
+    assert GPT2_PATTERN == tiktoken.get_encoding("gpt2")._pat_str
+    assert GPT4_PATTERN == tiktoken.get_encoding("cl100k_base")._pat_str
+
+
+def test_pair_counts_and_merge_pair():
+    assert pair_counts([1, 2, 1, 2, 3]) == {(1, 2): 2, (2, 1): 1, (2, 3): 1}
+    assert merge_pair([1, 2, 1, 2, 3], (1, 2), 9) == [9, 9, 3]
+    assert merge_pair([5, 5, 5], (5, 5), 7) == [7, 5]  # left to right, no overlaps
+
+
+def naive_bpe(text: str, n_merges: int, pattern: str) -> list[tuple[int, int]]:
+    """Recount every pair after every merge: slow, obviously right, same tie-break (smallest
+    pair among the most frequent)."""
+    import regex
+
+    words = Counter(regex.findall(pattern, text))
+    pieces = {w: list(w.encode()) for w in words}
+    merges = []
+    for new_id in range(256, 256 + n_merges):
+        counts = {}
+        for w, ids in pieces.items():
+            pair_counts(ids, counts, weight=words[w])
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(best)
+        pieces = {w: merge_pair(ids, best, new_id) for w, ids in pieces.items()}
+    return merges
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_incremental_training_equals_recounting(corpus, pattern):
+    text = corpus[:20_000]
+    tok = Tokenizer.train(text, 256 + 200, pattern=pattern)
+    vocab = [bytes([b]) for b in range(256)]
+    for a, b in naive_bpe(text, 200, tok.pattern):
+        vocab.append(vocab[a] + vocab[b])
+    assert tok.ranks == {t: i for i, t in enumerate(vocab)}
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_trained_tokenizer_matches_tiktoken_on_whole_corpus(corpus, pattern):
+    tok = Tokenizer.train(corpus, 1024, pattern=pattern)
+    ids = tok.encode(corpus)
+    assert ids == tok.to_tiktoken().encode(corpus)
+    assert tok.decode(ids) == corpus
+    assert len(ids) < len(corpus.encode()) / 2.3  # a 1024-token BPE more than halves the bytes
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base", "o200k_base"])
+def test_published_encodings_match_tiktoken_on_whole_corpus(corpus, name):
+    enc = tiktoken.get_encoding(name)
+    tok = Tokenizer.from_tiktoken(enc)
+    assert tok.vocab_size == enc.n_vocab
+    assert tok.encode(corpus) == enc.encode(corpus, disallowed_special=())
+
+
+unicode_text = st.text(
+    alphabet=st.one_of(
+        st.characters(codec="utf-8"),
+        st.sampled_from(list("日本語の文字列中文한국어😀🤗👍🏽\u0301\u0308e\u200d \t\n\r 0123456789'sll")),
+    ),
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=unicode_text)
+def test_trained_tokenizer_matches_tiktoken_on_any_text(shakespeare_tok, text):
+    ids = shakespeare_tok.encode(text)
+    assert ids == shakespeare_tok.to_tiktoken().encode(text, disallowed_special=())
+    assert shakespeare_tok.decode(ids) == text
+    assert shakespeare_tok.decode_bytes(ids) == text.encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base"])
+def test_published_encodings_match_tiktoken_on_any_text(name):
+    enc = tiktoken.get_encoding(name)
+    tok = Tokenizer.from_tiktoken(enc)
+
+    @settings(max_examples=200, deadline=None)
+    @given(text=unicode_text)
+    def check(text):
+        ids = tok.encode(text)
+        assert ids == enc.encode(text, disallowed_special=())
+        assert tok.decode(ids) == text
+
+    check()
+
+
+def test_lone_surrogates_are_replaced_like_tiktoken(cl100k):
+    text = "ab\ud800cd"
+    assert Tokenizer.from_tiktoken(cl100k).encode(text) == cl100k.encode(text)
+
+
+def test_special_tokens_are_plain_text_unless_allowed(shakespeare_tok):
+    tok = shakespeare_tok
+    text = "<|user|>Speak of love.<|end|>"
+    user, end = tok.special_tokens["<|user|>"], tok.special_tokens["<|end|>"]
+    plain = tok.encode(text)
+    assert user not in plain and end not in plain and tok.decode(plain) == text
+    only_user = tok.encode(text, allowed_special={"<|user|>"})
+    assert only_user[0] == user and end not in only_user
+    both = tok.encode(text, allowed_special="all")
+    assert both[0] == user and both[-1] == end and tok.decode(both) == text
+    assert both == tok.to_tiktoken().encode(text, allowed_special="all")
+    with pytest.raises(ValueError, match="Not special tokens"):
+        tok.encode(text, allowed_special={"<|system|>"})
+
+
+def test_special_tokens_take_the_last_ids(shakespeare_tok):
+    assert shakespeare_tok.vocab_size == 1024
+    assert sorted(shakespeare_tok.special_tokens.values()) == [1020, 1021, 1022, 1023]
+
+
+def test_decoding_mid_character_and_bad_ids(shakespeare_tok):
+    tok = shakespeare_tok
+    ids = tok.encode("😀")  # four bytes, not a merged token in a Shakespeare vocabulary
+    assert len(ids) > 1
+    assert tok.decode(ids[:-1]) == "\ufffd" * len(tok.decode(ids[:-1]))
+    assert tok.decode_bytes(ids[:-1]) == "😀".encode()[: len(tok.decode_bytes(ids[:-1]))]
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.decode([5, 1024])
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.decode([-1])
+
+
+def test_save_load_round_trip_is_exact_and_readable(shakespeare_tok, tmp_path):
+    path = tmp_path / "tok.json"
+    shakespeare_tok.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temp file left behind
+    loaded = Tokenizer.load(path)
+    assert loaded.ranks == shakespeare_tok.ranks
+    assert loaded.special_tokens == shakespeare_tok.special_tokens
+    assert loaded.pattern == shakespeare_tok.pattern
+    data = json.loads(path.read_text())
+    assert data["tokens"][256][0] == 256 and isinstance(data["tokens"][256][2], str)
+    assert len(path.read_text().splitlines()) > 1024  # one token a line, for people to read
+    text = "O Romeo, Romeo! wherefore art thou Romeo? 🤗"
+    assert loaded.encode(text) == shakespeare_tok.encode(text)
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No tokenizer file"):
+        Tokenizer.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not a minillm tokenizer file"):
+        Tokenizer.load(tmp_path / "bad.json")
+
+
+def test_truncated_equals_training_fewer_merges(corpus):
+    text = corpus[:50_000]
+    big = Tokenizer.train(text, 600)
+    assert big.truncated(100).ranks == Tokenizer.train(text, 356).ranks
+
+
+def test_merges_replay_the_training(corpus):
+    tok = Tokenizer.train(corpus[:50_000], 400)
+    merges = tok.merges
+    assert len(merges) == 144
+    assert all(len(m) == 2 for m in merges)
+    assert [a + b for a, b in merges] == [t for t, i in sorted(tok.ranks.items(), key=lambda x: x[1])][256:]
+
+
+def test_bad_vocab_sizes():
+    with pytest.raises(ValueError, match="too small"):
+        Tokenizer.train("hello", 256, special_tokens=["<|end|>"])
+    with pytest.warns(UserWarning, match="only supports"):
+        tok = Tokenizer.train("abab", 300)
+    assert tok.vocab_size < 300
