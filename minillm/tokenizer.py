@@ -23,13 +23,14 @@ from pathlib import Path
 import regex
 
 # The split patterns of GPT-2 (tiktoken's r50k_base) and GPT-4 (cl100k_base).
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
 GPT4_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
-FORMAT = "minillm-tokenizer/1"
 
 
 def pair_counts(ids: list[int], counts: dict | None = None, weight: int = 1) -> dict:
@@ -69,20 +70,97 @@ def bpe_pieces(piece: bytes, ranks: dict[bytes, int]) -> list[bytes]:
     return parts
 
 
-class Tokenizer:
+class _TokenizerBase:
+    """What every tokenizer shares: special tokens, decoding, files. A subclass sets
+    ``_decoder`` (id -> bytes, special tokens included) and implements ``encode_ordinary``."""
+
+    FORMAT = ""
+    special_tokens: dict[str, int]
+    _decoder: dict[int, bytes]
+
+    def _set_decoder(self, decoder: dict[int, bytes]) -> None:
+        decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        self._decoder = decoder
+        # One more than the largest id (special tokens included), like tiktoken's n_vocab.
+        self.vocab_size = max(decoder) + 1
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode(self, text: str, allowed_special=()) -> list[int]:
+        """Text to ids. Special-token text is plain text unless named in ``allowed_special``
+        (a set of strings, or ``"all"``), so user input can never smuggle in a control token."""
+        allowed = self.special_tokens if allowed_special == "all" else set(allowed_special)
+        unknown = set(allowed) - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"Not special tokens of this tokenizer: {sorted(unknown)}.")
+        if not allowed:
+            return self.encode_ordinary(text)
+        specials = sorted(allowed, key=len, reverse=True)
+        splitter = regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
+        ids = []
+        for k, chunk in enumerate(splitter.split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[chunk])
+            elif chunk:
+                ids.extend(self.encode_ordinary(chunk))
+        return ids
+
+    def decode_bytes(self, ids) -> bytes:
+        """Ids to the exact bytes they stand for (which may end mid-character)."""
+        try:
+            return b"".join(self._decoder[int(i)] for i in ids)
+        except KeyError as err:
+            last = self.vocab_size - 1
+            raise ValueError(
+                f"Token id {err.args[0]} is not in the vocabulary (ids are 0..{last})."
+            ) from None
+
+    def decode(self, ids) -> str:
+        """Ids to text; bytes that do not form valid UTF-8 become U+FFFD replacement characters."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token."""
+        return self.decode_bytes([token_id])
+
+    def to_json(self) -> str:
+        raise NotImplementedError
+
+    def save(self, path) -> None:
+        """Write the tokenizer as one readable JSON file, atomically."""
+        _write_atomic(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by ``save``."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"No tokenizer file at {path}.") from None
+        try:
+            tok = from_json(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        if not isinstance(tok, cls):
+            raise ValueError(f"{path} holds a {type(tok).__name__}, not a {cls.__name__}.")
+        return tok
+
+
+class Tokenizer(_TokenizerBase):
     """A byte-level BPE tokenizer: ``ranks`` maps each token's bytes to its id."""
+
+    FORMAT = "minillm-tokenizer/1"
 
     def __init__(self, ranks: dict[bytes, int], pattern: str = "gpt4", special_tokens=None):
         self.pattern = PATTERNS.get(pattern, pattern)
         self.ranks = dict(ranks)
         self.special_tokens = dict(special_tokens or {})
         self._split = regex.compile(self.pattern)
-        self._decoder = {i: b for b, i in self.ranks.items()}
-        self._decoder.update({i: s.encode("utf-8") for s, i in self.special_tokens.items()})
+        self._set_decoder({i: b for b, i in self.ranks.items()})
         if len(self._decoder) != len(self.ranks) + len(self.special_tokens):
             raise ValueError("Two tokens share an id; every token needs its own id.")
-        # One more than the largest id (special tokens included), like tiktoken's n_vocab.
-        self.vocab_size = max(self._decoder) + 1
         self._cache: dict[str, list[int]] = {}
 
     @property
@@ -126,26 +204,6 @@ class Tokenizer:
 
     # ---- encoding and decoding ------------------------------------------------------------
 
-    def encode(self, text: str, allowed_special=()) -> list[int]:
-        """Text to ids. Special-token text is plain text unless named in ``allowed_special``
-        (a set of strings, or ``"all"``), so user input can never smuggle in a control token."""
-        text = _without_surrogates(text)
-        allowed = self.special_tokens if allowed_special == "all" else set(allowed_special)
-        unknown = set(allowed) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"Not special tokens of this tokenizer: {sorted(unknown)}.")
-        if not allowed:
-            return self.encode_ordinary(text)
-        specials = sorted(allowed, key=len, reverse=True)
-        splitter = regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
-        ids = []
-        for k, chunk in enumerate(splitter.split(text)):
-            if k % 2:
-                ids.append(self.special_tokens[chunk])
-            elif chunk:
-                ids.extend(self.encode_ordinary(chunk))
-        return ids
-
     def encode_ordinary(self, text: str) -> list[int]:
         """Text to ids, treating every character as ordinary text."""
         ids, cache = [], self._cache
@@ -161,23 +219,6 @@ class Tokenizer:
         if whole is not None:
             return [whole]
         return [self.ranks[part] for part in bpe_pieces(piece, self.ranks)]
-
-    def decode_bytes(self, ids) -> bytes:
-        """Ids to the exact bytes they stand for (which may end mid-character)."""
-        try:
-            return b"".join(self._decoder[int(i)] for i in ids)
-        except KeyError as err:
-            raise ValueError(
-                f"Token id {err.args[0]} is not in the vocabulary (ids are 0..{self.vocab_size - 1})."
-            ) from None
-
-    def decode(self, ids) -> str:
-        """Ids to text; bytes that do not form valid UTF-8 become U+FFFD replacement characters."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token."""
-        return self.decode_bytes([token_id])
 
     def truncated(self, n_merges: int) -> Tokenizer:
         """The tokenizer as it was after its first ``n_merges`` merges (special tokens kept)."""
@@ -203,37 +244,26 @@ class Tokenizer:
         # tiktoken's README shows these attributes as the way to extend an encoding.
         return cls(encoding._mergeable_ranks, encoding._pat_str, encoding._special_tokens)
 
-    def save(self, path) -> None:
-        """Write one JSON file, a token per line as [id, hex bytes, text], atomically."""
-        path = Path(path)
-        lines = [
-            "{",
-            f'  "format": {json.dumps(FORMAT)},',
-            f'  "pattern": {json.dumps(self.pattern)},',
-            f'  "special_tokens": {json.dumps(self.special_tokens, ensure_ascii=False)},',
-            '  "tokens": [',
-        ]
-        tokens = sorted((i, b) for b, i in self.ranks.items())
+    def to_json(self) -> str:
+        """A token per line as [id, hex bytes, text]: exact, and readable by a person."""
         rows = [
             f"    [{i}, {json.dumps(b.hex())}, "
             f"{json.dumps(b.decode('utf-8', errors='replace'), ensure_ascii=False)}]"
-            for i, b in tokens
+            for i, b in sorted((i, b) for b, i in self.ranks.items())
         ]
-        lines += [",\n".join(rows), "  ]", "}"]
-        _write_atomic(path, "\n".join(lines) + "\n")
+        return "\n".join([
+            "{",
+            f'  "format": {json.dumps(self.FORMAT)},',
+            f'  "pattern": {json.dumps(self.pattern)},',
+            f'  "special_tokens": {json.dumps(self.special_tokens, ensure_ascii=False)},',
+            '  "tokens": [',
+            ",\n".join(rows),
+            "  ]",
+            "}",
+        ]) + "\n"
 
     @classmethod
-    def load(cls, path) -> Tokenizer:
-        """Read a file written by ``save``."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"No tokenizer file at {path}.") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not a minillm tokenizer file ({err}).") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a minillm tokenizer file (format {FORMAT}).")
+    def from_dict(cls, data: dict) -> Tokenizer:
         ranks = {bytes.fromhex(hexed): i for i, hexed, _ in data["tokens"]}
         return cls(ranks, data["pattern"], data["special_tokens"])
 
@@ -243,6 +273,62 @@ class Tokenizer:
             f"Tokenizer(vocab_size={self.vocab_size}, pattern={name!r}, "
             f"special_tokens={list(self.special_tokens)})"
         )
+
+
+class CharTokenizer(_TokenizerBase):
+    """One token per character (the tokenizer of char-rnn and nanoGPT's Shakespeare model), with
+    the same interface as ``Tokenizer`` so every model and lesson can use either."""
+
+    FORMAT = "minillm-char-tokenizer/1"
+
+    def __init__(self, chars: str, special_tokens=None):
+        self.chars = chars
+        self.special_tokens = dict(special_tokens or {})
+        self._ids = {c: i for i, c in enumerate(chars)}
+        if len(self._ids) != len(chars):
+            raise ValueError("The character list repeats a character.")
+        self._set_decoder({i: c.encode("utf-8") for i, c in enumerate(chars)})
+        if len(self._decoder) != len(chars) + len(self.special_tokens):
+            raise ValueError("Two tokens share an id; every token needs its own id.")
+
+    @classmethod
+    def train(cls, text: str, special_tokens=None) -> CharTokenizer:
+        """The sorted characters of ``text``, then the special tokens (a list of strings)."""
+        chars = "".join(sorted(set(text)))
+        return cls(chars, {s: len(chars) + k for k, s in enumerate(special_tokens or [])})
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as err:
+            raise ValueError(
+                f"The character {err.args[0]!r} is not in this character-level vocabulary."
+            ) from None
+
+    def to_json(self) -> str:
+        return json.dumps({"format": self.FORMAT, "chars": self.chars,
+                           "special_tokens": self.special_tokens}, ensure_ascii=False, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CharTokenizer:
+        return cls(data["chars"], data["special_tokens"])
+
+    def __repr__(self) -> str:
+        return (f"CharTokenizer(vocab_size={self.vocab_size}, "
+                f"special_tokens={list(self.special_tokens)})")
+
+
+def from_json(text: str) -> Tokenizer | CharTokenizer:
+    """A tokenizer from the JSON text that ``to_json``/``save`` wrote (either kind)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a minillm tokenizer file ({err})") from None
+    kinds = {Tokenizer.FORMAT: Tokenizer, CharTokenizer.FORMAT: CharTokenizer}
+    kind = kinds.get(data.get("format")) if isinstance(data, dict) else None
+    if kind is None:
+        raise ValueError(f"not a minillm tokenizer file (formats: {', '.join(kinds)})")
+    return kind.from_dict(data)
 
 
 def _learn_merges(words: Counter, n_merges: int, vocab: list[bytes], progress: bool) -> list:

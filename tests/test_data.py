@@ -1,12 +1,10 @@
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import pytest
 
 from minillm import data
-
 
 
 @pytest.fixture
