@@ -38,3 +38,24 @@ def profile() -> str:
     if name not in PROFILES:
         raise ValueError(f"MINILLM_PROFILE must be one of {PROFILES}, not {name!r}.")
     return name
+
+
+def pick_device(device: str = "auto") -> str:
+    """``"auto"`` picks CUDA, then Apple's MPS, then the CPU; any other name is checked."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None))
+                 and torch.backends.mps.is_available()}
+    if kind not in available:
+        raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'.")
+    if not available[kind]:
+        raise ValueError(f"Device {device!r} is not available on this machine; use 'auto'.")
+    return device

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from minillm import settings
+
+
+def test_home_dir_follows_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILLM_HOME", str(tmp_path / "h"))
+    assert settings.home_dir() == tmp_path / "h" and (tmp_path / "h").is_dir()
+
+
+def test_profile_default_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv("MINILLM_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert settings.profile() == "full"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert settings.profile() == "quick"
+    monkeypatch.setenv("MINILLM_PROFILE", "FULL")
+    assert settings.profile() == "full"
+    monkeypatch.setenv("MINILLM_PROFILE", "huge")
+    with pytest.raises(ValueError, match="MINILLM_PROFILE must be one of"):
+        settings.profile()
+
+
+def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert settings.pick_device() == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert settings.pick_device() == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert settings.pick_device() == "cuda"
+    assert settings.pick_device("cuda:1") == "cuda:1"
+
+
+def test_pick_device_rejects_what_is_missing(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="not available"):
+        settings.pick_device("cuda")
+    with pytest.raises(ValueError, match="Unknown device"):
+        settings.pick_device("tpu")
+    assert settings.pick_device("cpu") == "cpu"
