@@ -1,0 +1,421 @@
+"""A GPT language model in one file: the network of lesson 02, reused by every later stage.
+
+The defaults give GPT-2's architecture (learned positions, LayerNorm, GELU MLP, output layer
+tied to the token embedding). Three switches swap in the parts most newer models use instead:
+rotary positions (RoPE), RMSNorm and a SwiGLU MLP. Shapes in comments use
+B = batch, T = new tokens, S = tokens attended to (T, or more with a KV cache), C = n_embd,
+H = n_head, D = C // H (the head size), V = vocab_size.
+
+What the later stages rely on:
+- ``forward_hidden`` returns the final hidden states, for a reward or value head on top;
+- ``attention_mask`` (1 = token, 0 = padding) makes padding invisible: padding is never attended
+  to, and positions count real tokens only, so a left-padded prompt gives the same logits as the
+  unpadded one;
+- ``generate`` samples with temperature, top-k and top-p, stops at stop tokens, and uses a KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (padding, masked prompt tokens)
+ROPE_BASE = 10000.0  # RoPE's wavelengths range from 2*pi to about 2*pi * ROPE_BASE tokens
+
+_CHOICES = {"positions": ("learned", "rotary"), "norm": ("layernorm", "rmsnorm"),
+            "mlp": ("gelu", "swiglu")}
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64, as nanoGPT does
+    block_size: int = 1024  # the longest context the model sees
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in the linear layers and LayerNorms
+    positions: str = "learned"  # "learned" (GPT-2) or "rotary" (RoPE)
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
+    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu"
+    tie_embeddings: bool = True  # the output layer reuses the token embedding matrix (GPT-2)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, "
+                                 f"not {getattr(self, name)!r}.")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head "
+                             f"({self.n_head}), since each head gets n_embd // n_head dimensions.")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, "
+                                 f"not {getattr(self, name)!r}.")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"Rotary positions need an even head size, and n_embd // n_head is "
+                             f"{self.n_embd // self.n_head}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}.")
+
+
+# ----------------------------------------------------------------------------- attention
+
+def attention_weights(q, k, mask=None):
+    """softmax(q k^T / sqrt(D)) under a mask: (B, H, T, D) x (B, H, S, D) -> (B, H, T, S).
+
+    ``mask`` is a boolean tensor broadcastable to (B, H, T, S), True where a query may look;
+    None means causal: query i sees the keys up to its own position (the last T of the S keys).
+    """
+    T, S = q.size(-2), k.size(-2)
+    # Dividing by sqrt(D) keeps the scores at unit variance whatever the head size, so the
+    # softmax does not saturate into a one-hot at init.
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+def causal_attention_explicit(q, k, v, mask=None):
+    """The textbook attention, equal to ``F.scaled_dot_product_attention(q, k, v, is_causal=True)``
+    when ``mask`` is None; (B, H, T, D) each -> (B, H, T, D)."""
+    return attention_weights(q, k, mask) @ v
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the pairs (x[i], x[i + D/2]) of queries or keys by angles that grow with position.
+
+    After rotation the dot product q.k depends on the positions only through their difference
+    (RoFormer, Su et al. 2021), so attention sees relative positions. x: (B, H, T, D);
+    cos, sin: (B or 1, 1, T, D/2).
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Every layer's keys and values for the tokens seen so far, in buffers of one block.
+
+    The buffers are allocated once (no torch.cat per new token). ``valid`` marks real tokens,
+    so padding stays invisible to later tokens and is not counted in their positions.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size,
+                 config.n_embd // config.n_head)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.ones(batch_size, config.block_size, dtype=torch.bool, device=device)
+        self.length = 0  # tokens stored so far
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # one matmul
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, mask=None, kv=None, past=0, maps=None):
+        B, T, C = x.shape
+        # (B, T, 3C) -> three (B, H, T, D): each head attends in its own D-dimensional subspace
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if kv is not None:  # store this step's keys and values, attend to all stored so far
+            kv[0][:, :, past:past + T], kv[1][:, :, past:past + T] = k, v
+            k, v = kv[0][:, :, :past + T], kv[1][:, :, :past + T]
+        if maps is not None:  # the explicit path, to hand the weights to an attention viewer
+            att = attention_weights(q, k, mask)
+            maps.append(att)
+            y = att @ v
+        else:  # a fused kernel (flash attention on a GPU) that never stores the (T, S) weights
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            # SwiGLU has three matrices where GELU has two, so a hidden size of 2/3 * 4C
+            # (rounded up to a multiple of 8) keeps the parameter count about the same.
+            hidden = 8 * math.ceil(8 * config.n_embd / 3 / 8)
+            self.fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and value
+        else:
+            hidden = 4 * config.n_embd
+            self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.swiglu:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h)
+        return self.drop(self.proj(h))
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=1e-5)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm1, self.attn = _norm(config), CausalSelfAttention(config)
+        self.norm2, self.mlp = _norm(config), MLP(config)
+
+    def forward(self, x, rope=None, mask=None, kv=None, past=0, maps=None):
+        x = x + self.attn(self.norm1(x), rope, mask, kv, past, maps)
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def top_k_filter(logits, k: int):
+    """Keep the k largest logits of each row (ties at the border included), set the rest to -inf."""
+    if k < 1:
+        raise ValueError(f"top_k must be at least 1, not {k}.")
+    kth = logits.topk(min(k, logits.size(-1)), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits, p: float):
+    """Nucleus filter: keep the most likely tokens until their probability reaches p; -inf the rest.
+
+    The most likely token always stays, so p -> 0 becomes greedy and p = 1 keeps every token.
+    """
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], not {p}.")
+    if p == 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    drop = probs.cumsum(dim=-1) - probs >= p  # the tokens ranked above already reach p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Draw one token id per row of (B, V) logits; temperature 0 means greedy (argmax)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, not {temperature}.")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.float().softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        C = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, C)
+        self.pos_emb = nn.Embedding(config.block_size, C) if config.positions == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = _norm(config)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            # One matrix both reads tokens in and scores them out (Press & Wolf 2017): fewer
+            # parameters, and rare tokens' output rows learn from their input use too.
+            self.lm_head.weight = self.tok_emb.weight
+        if config.positions == "rotary":
+            # angle of pair i at position t: t / ROPE_BASE^(2i/D); not saved (derived from config)
+            D = C // config.n_head
+            freqs = ROPE_BASE ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), freqs)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)  # (block_size, D/2)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+
+        # GPT-2's init: N(0, 0.02) weights, zero biases. Each block adds two residual branches
+        # (attention and MLP) to the residual stream, so at init its variance grows with the
+        # 2 * n_layer terms summed into it; scaling the weights that write into the stream by
+        # 1/sqrt(2 * n_layer) keeps that variance independent of depth (Radford et al. 2019).
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """The number of parameters (a tied matrix counts once).
+
+        ``non_embedding=True`` leaves out the lookup tables: the position embedding, and the token
+        embedding unless it is tied to the output layer (where it does a matmul). That is the N of
+        the 6N FLOPs per token below.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.tok_emb.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs (forward + backward) per token at full context: 6N + 12 * L * C * T.
+
+        A matmul with an N-parameter weight costs 2N FLOPs per token forward and 4N backward
+        (Kaplan et al. 2020, section 2.1). Attention adds q.k^T and att.v, 2 * T * C FLOPs each
+        per layer and token forward, hence 3 * 4 * L * C * T with the backward. Like PaLM's
+        appendix B (Chowdhery et al. 2022) and unlike Kaplan et al., this does not halve the
+        attention term for the causal mask; it is the convention MFU figures are quoted in.
+        """
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def _check_tokens(self, idx):
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be a (batch, time) tensor of token ids, not shape "
+                             f"{tuple(idx.shape)}.")
+        if idx.size(1) == 0:
+            raise ValueError("The prompt is empty: give at least one token (e.g. a newline).")
+        # (skipped inside torch.compile, where this data-dependent branch would split the graph)
+        out_of_vocab = (idx < 0) | (idx >= self.config.vocab_size)
+        if not torch.compiler.is_compiling() and out_of_vocab.any():
+            raise ValueError(f"Token ids must be in [0, {self.config.vocab_size}), but idx holds "
+                             f"values from {idx.min().item()} to {idx.max().item()}.")
+
+    def forward_hidden(self, idx, attention_mask=None, *, cache=None, maps=None):
+        """Final hidden states (B, T, C), after the last norm: what the output layer, a reward head
+        or a value head reads.
+
+        ``attention_mask`` (B, T), 1 for tokens and 0 for padding, may pad on either side.
+        ``cache`` (a KVCache) holds the earlier tokens' keys and values: idx then holds only the
+        new ones. ``maps``, a list, collects each layer's (B, H, T, S) attention weights.
+        """
+        self._check_tokens(idx)
+        B, T = idx.shape
+        past = 0 if cache is None else cache.length
+        if past + T > self.config.block_size:
+            raise ValueError(f"The model sees at most block_size={self.config.block_size} tokens, "
+                             f"but got {past + T}; keep only the last {self.config.block_size}.")
+        valid = None  # (B, S) True for real tokens; None when all are real and nothing is cached
+        if attention_mask is not None:
+            if attention_mask.shape != idx.shape:
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but "
+                                 f"idx has shape {tuple(idx.shape)}; they must match.")
+            valid = attention_mask.bool()
+        if cache is not None:
+            cache.valid[:, past:past + T] = True if valid is None else valid
+            valid = cache.valid[:, :past + T]
+
+        if valid is None:  # plain causal attention: SDPA's is_causal path (flash on a GPU)
+            pos, mask = torch.arange(T, device=idx.device)[None], None  # (1, T)
+        else:
+            # A token's position is the number of real tokens before it, so padding shifts
+            # nothing and learned positions stay < block_size. Padding itself gets position 0.
+            pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            q_at = torch.arange(past, past + T, device=idx.device)[:, None]  # (T, 1)
+            k_at = torch.arange(past + T, device=idx.device)[None]  # (1, S)
+            mask = (k_at <= q_at) & valid[:, None, :]  # (B, T, S): causal, and real keys only
+            # Every query also sees itself: a padding query would otherwise have no key left,
+            # and a softmax over nothing is NaN (which would then spread through the backward).
+            mask = (mask | (k_at == q_at))[:, None]  # (B, 1, T, S), the same for every head
+
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)
+        else:
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])  # (B|1, 1, T, D/2)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x = block(x, rope, mask, kv, past, maps)
+        if cache is not None:
+            cache.length += T
+        return self.norm_f(x)
+
+    def forward(self, idx, targets=None, attention_mask=None):
+        """Logits (B, T, V) for the next token at every position, and the mean cross-entropy
+        against ``targets`` (B, T) if given (targets equal to IGNORE_INDEX are skipped)."""
+        logits = self.lm_head(self.forward_hidden(idx, attention_mask))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx, attention_mask=None):
+        """Attention weights of every layer and head: (B, n_layer, n_head, T, T)."""
+        maps = []
+        self.forward_hidden(idx, attention_mask, maps=maps)
+        return torch.stack(maps, dim=1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop=None,
+                 attention_mask=None, use_cache=True, generator=None):
+        """Extend each row of idx (B, T) by up to ``max_new_tokens`` sampled tokens: (B, T + n).
+
+        The context is the last block_size tokens: longer prompts are cropped, and generation
+        goes on past the block with a sliding window. ``stop`` is a token id or a collection of
+        ids: once a row samples one, it repeats that token in later columns, and generation ends
+        when every row has stopped, so trim each row after its first stop token.
+        ``attention_mask`` marks the padding of a padded prompt batch (left padding is usual).
+        Dropout is off while sampling. With ``use_cache=False`` every step reruns the whole
+        window: slower, same tokens.
+        """
+        self._check_tokens(idx)
+        bs = self.config.block_size
+        stop_ids = None
+        if stop is not None:
+            stop_ids = torch.tensor([stop] if isinstance(stop, int) else sorted(stop),
+                                    device=idx.device, dtype=idx.dtype)
+        valid = None if attention_mask is None else attention_mask.bool()
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        cache = None
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                if cache is not None and cache.length < bs:  # the cache holds all but the newest
+                    h = self.forward_hidden(idx[:, -1:], cache=cache)
+                else:
+                    # First step, no cache, or a full cache. The keys of every layer depend on the
+                    # whole window (through positions and earlier layers), so when the window
+                    # slides, the cache is rebuilt from the last block_size tokens: exactly what
+                    # the cache-free path computes.
+                    window_mask = None if valid is None else valid[:, -bs:]
+                    cache = KVCache(self.config, idx.size(0), idx.device,
+                                    self.lm_head.weight.dtype) if use_cache else None
+                    h = self.forward_hidden(idx[:, -bs:], window_mask, cache=cache)
+                next_id = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p,
+                                      generator)
+                if stop_ids is not None:
+                    next_id = torch.where(done, idx[:, -1], next_id)
+                    done |= torch.isin(next_id, stop_ids)
+                idx = torch.cat((idx, next_id[:, None]), dim=1)
+                if valid is not None:
+                    valid = torch.cat((valid, torch.ones_like(valid[:, :1])), dim=1)
+                if done.all():
+                    break
+        finally:
+            self.train(was_training)
+        return idx
