@@ -1,0 +1,126 @@
+"""Checkpoints: a model with its config and tokenizer in one file, usable on its own.
+
+A checkpoint is a ``torch.save`` file holding a dict::
+
+    {"format": "minillm-checkpoint/1", "model_config": {...}, "model": state_dict,
+     "tokenizer": json_text_or_None, **state}
+
+where ``state`` is whatever the caller adds (step, optimizer state, history, ...).
+
+Two promises (DESIGN.md, "Contracts"):
+
+- Saving is atomic: the file is written under a temporary name in the same folder, then renamed
+  over the old one, so a crash or Ctrl-C mid-save leaves the previous checkpoint intact.
+- Loading runs no code: ``torch.load(weights_only=True)`` only rebuilds tensors and plain data
+  (numbers, strings, lists, dicts), so a downloaded checkpoint cannot execute anything. To keep
+  that possible, saving refuses any other kind of object up front.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from minillm.model import GPT, GPTConfig
+from minillm.settings import pick_device
+from minillm.tokenizer import CharTokenizer, Tokenizer, from_json
+
+FORMAT = "minillm-checkpoint/1"
+RESERVED_KEYS = ("format", "model_config", "model", "tokenizer")
+
+# What weights_only=True can rebuild (besides tensors), matched by exact type: a subclass such as
+# numpy.float64 (a float) or defaultdict (a dict) pickles as its own class and would be refused.
+_PLAIN_VALUES = (str, bytes, int, float, complex, bool, type(None), torch.dtype)
+_PLAIN_CONTAINERS = (dict, OrderedDict, list, tuple, set, torch.Size)
+
+
+@dataclass
+class Checkpoint:
+    model: GPT  # in eval mode, on the device asked for
+    tokenizer: Tokenizer | CharTokenizer | None
+    state: dict = field(default_factory=dict)  # everything else that was saved
+
+
+def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
+    """Write ``model`` (its config and weights), its ``tokenizer`` and ``state`` to ``path``.
+
+    ``state`` may hold tensors, numbers, strings, and lists or dicts of them (optimizer state
+    dicts, the step, a history of metrics): anything that loads without running code.
+    """
+    clashes = [key for key in RESERVED_KEYS if key in state]
+    if clashes:
+        raise ValueError(f"The state keys {clashes} are reserved for the checkpoint itself.")
+    for key, value in state.items():
+        _check_plain(value, f"state[{key!r}]")
+    payload = {
+        "format": FORMAT,
+        "model_config": asdict(model.config),
+        "model": model.state_dict(),
+        "tokenizer": None if tokenizer is None else tokenizer.to_json(),
+        **state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file lives in the same folder, so the rename never crosses file systems
+    # and is atomic: readers see the old checkpoint or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave it empty
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C included: never leave a half-written temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path, device: str = "cpu") -> Checkpoint:
+    """Read a file written by ``save_checkpoint``: the model (in eval mode, on ``device``), the
+    tokenizer (or None) and the rest of the saved state."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    device = pick_device(device)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many kinds of error for a file it cannot read
+        # weights_only names the class or function a file asks to call, and refuses it.
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if refused:
+            raise ValueError(f"{path} holds Python objects ({refused.group(1)}) that loading "
+                             f"would have to run as code, so it was refused; a minillm "
+                             f"checkpoint holds only tensors and plain data.") from None
+        raise ValueError(f"{path} is not a minillm checkpoint (torch cannot read it).") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a minillm checkpoint (it has no {FORMAT!r} marker).")
+
+    model = GPT(GPTConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    tokenizer = None if payload["tokenizer"] is None else from_json(payload["tokenizer"])
+    state = {key: value for key, value in payload.items() if key not in RESERVED_KEYS}
+    return Checkpoint(model, tokenizer, state)
+
+
+def _check_plain(value, where: str) -> None:
+    """Raise a TypeError naming the first value inside ``value`` that weights_only cannot load."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN_VALUES:
+        return
+    if type(value) not in _PLAIN_CONTAINERS:
+        raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, but a "
+                        f"checkpoint holds only tensors, numbers, strings, and lists or dicts "
+                        f"of them, so that it loads without running code.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, f"a key of {where}")
+            _check_plain(item, f"{where}[{key!r}]")
+    else:
+        for k, item in enumerate(value):
+            _check_plain(item, f"{where}[{k}]")

@@ -1,0 +1,301 @@
+"""Pretraining: the loop that turns a GPT and a long stream of token ids into a language model.
+
+One step draws a batch of random windows of the text, computes the next-token loss,
+backpropagates, clips the gradient norm and takes an AdamW step at the learning rate the
+schedule gives for that step (linear warmup, then cosine decay). Every ``eval_interval`` steps
+the loss is estimated on held-out text. The result comes back as data: a history of rows, one
+per step, that the lessons plot.
+
+The defaults are the CPU recipe DESIGN.md's probe found for the 0.83M-parameter character
+model: many small steps (batch 12) at a high learning rate (2e-3) beat few large ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from minillm.checkpoint import save_checkpoint
+from minillm.model import GPT
+from minillm.settings import pick_device
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 3000  # optimizer updates
+    batch_size: int = 12  # windows of block_size tokens per step
+    lr: float = 2e-3  # the peak learning rate, reached at the end of the warmup
+    min_lr: float = 1e-4  # where the cosine decay ends, at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on matrices only (see optimizer_groups)
+    beta1: float = 0.9
+    # Adam's second moment is an average of squared gradients over ~1 / (1 - beta2) steps:
+    # 0.99 (nanoGPT's choice for small models; GPT-3 used 0.95, Adam's default is 0.999) is
+    # ~100 steps, long enough to smooth small batches' noise, short enough to keep up in a
+    # run of a few thousand steps.
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # the largest global gradient norm; 0 turns clipping off
+    eval_interval: int = 250  # estimate the train and val loss every this many steps
+    eval_batches: int = 50  # batches per loss estimate
+    seed: int = 1337  # seeds the data order and torch's global RNG (dropout)
+    device: str = "auto"  # "auto" picks cuda, then mps, then cpu
+    log_path: str | Path | None = None  # the history as JSON lines, one row per line
+    checkpoint_path: str | Path | None = None  # written at the end (and when interrupted)
+    progress: bool = True  # a tqdm progress bar
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches"):
+            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                     "a positive integer")
+        _require(self, "warmup_steps",
+                 _is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
+                 f"an integer from 0 to max_steps ({self.max_steps})")
+        _require(self, "lr", _is_number(self.lr) and self.lr > 0, "a positive number")
+        _require(self, "min_lr", _is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
+                 f"a number from 0 to lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            _require(self, name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                     "a number in [0, 1)")
+        for name in ("weight_decay", "grad_clip"):
+            _require(self, name, _is_number(getattr(self, name)) and getattr(self, name) >= 0,
+                     "a number >= 0")
+        _require(self, "seed", _is_int(self.seed), "an integer")
+        _require(self, "device", isinstance(self.device, str), "a device name such as 'auto'")
+        _require(self, "progress", isinstance(self.progress, bool), "True or False")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(config: TrainConfig, name: str, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"TrainConfig.{name} must be {what}, not {getattr(config, name)!r}.")
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The learning rate of optimizer update ``step`` (1 to max_steps; 0 is before training).
+
+    It rises linearly from 0 to ``lr`` over ``warmup_steps``: Adam's first updates rest on
+    gradient statistics from a handful of batches, so they are kept small. Then it follows half
+    a cosine down to ``min_lr`` at ``max_steps`` (Loshchilov & Hutter 2017): large steps while
+    the loss falls fast, small ones at the end to settle into a minimum.
+    """
+    if step < config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    if step >= config.max_steps:
+        return config.min_lr
+    progress = (step - config.warmup_steps) / (config.max_steps - config.warmup_steps)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on the matrices (linear layers, embeddings), none on
+    the vectors (biases, norm gains).
+
+    Decay keeps the matrices, which mix features, from growing without need; a bias or a gain
+    only shifts or scales one feature, and pulling it towards 0 would fight the normalisation
+    rather than regularise. ``model.parameters()`` yields a tied matrix once, so it is decayed
+    once.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: str):
+    """AdamW over ``optimizer_groups``; on CUDA the fused kernel updates every parameter in one
+    launch instead of several small kernels per tensor."""
+    return torch.optim.AdamW(optimizer_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.beta1, config.beta2),
+                             fused=torch.device(device).type == "cuda")
+
+
+# ----------------------------------------------------------------------------- data and loss
+
+def random_batch(data: torch.Tensor, batch_size: int, block_size: int,
+                 generator: torch.Generator, device="cpu"):
+    """``batch_size`` windows of ``block_size`` tokens from random places in ``data`` (1-D ids):
+    inputs x (B, T), and targets y, the same windows shifted left by one (y[:, t] = x[:, t+1]).
+
+    A window may start anywhere, so over many steps every stretch of text is seen at every
+    position of the context, and all learned position embeddings get trained.
+    """
+    if not isinstance(data, torch.Tensor) or data.dim() != 1:
+        raise ValueError("The data must be a 1-D tensor of token ids.")
+    if len(data) <= block_size:
+        raise ValueError(f"The data has {len(data)} tokens, fewer than the {block_size + 1} "
+                         f"that one window of block_size={block_size} needs with its target.")
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    # unfold views every window of block_size + 1 tokens without copying; indexing then copies
+    # only the chosen ones. One transfer to the device for inputs and targets together.
+    windows = data.unfold(0, block_size + 1, 1)[starts].to(device)  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, data: torch.Tensor, config: TrainConfig, block_size: int,
+                  generator: torch.Generator) -> float:
+    """The mean loss over ``config.eval_batches`` random batches of ``data``, with dropout off
+    (eval mode); the model's mode is restored afterwards."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        total = 0.0
+        for _ in range(config.eval_batches):
+            x, y = random_batch(data, config.batch_size, block_size, generator, device)
+            total += model(x, y)[1]  # summed on the device: one synchronisation, at the end
+        return total.item() / config.eval_batches
+    finally:
+        model.train(was_training)
+
+
+def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
+    """A loss in nats per token as bits per character of text: loss / ln 2 * tokens / chars.
+
+    Models with different tokenizers have incomparable losses per token (a BPE token carries
+    several characters); per character of the same text, they can be compared directly.
+    """
+    if tokens < 1 or chars < 1:
+        raise ValueError(f"tokens and chars must be positive, not {tokens} and {chars}.")
+    return loss_nats_per_token / math.log(2) * tokens / chars
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               lr: float, grad_clip: float) -> tuple[float, float]:
+    """One update at learning rate ``lr``; returns the batch's loss and the gradient norm
+    (measured before clipping)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    _, loss = model(x, y)
+    loss.backward()
+    # Rescaling the gradient when its norm exceeds grad_clip caps the size of any one update, so
+    # a rare batch with a huge gradient cannot undo training. A limit of inf only measures.
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    return loss.item(), grad_norm.item()
+
+
+def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
+          config: TrainConfig | None = None, tokenizer=None) -> list[dict]:
+    """Train ``model`` in place (on the config's device) on ``train_data``, a 1-D tensor of token
+    ids, and return the history: one dict per step.
+
+    Every row has ``step`` (optimizer updates done), ``lr``, ``train_loss`` (the loss of that
+    step's batch), ``grad_norm`` (before clipping), ``tokens_per_s`` (of that step) and
+    ``elapsed_s`` (since the start, evaluations included). Evaluation rows (step 0, every
+    ``eval_interval`` steps and the last) add ``eval_train_loss`` and ``val_loss``, the model's
+    mean loss after that step on ``eval_batches`` batches of each split; row 0 is the
+    evaluation before training and has only those, ``lr`` and ``elapsed_s``.
+
+    Ctrl-C (KeyboardInterrupt) stops cleanly: the history so far is returned, and the checkpoint
+    (model, tokenizer, optimizer state, config, history) is written as at the end.
+    """
+    config = config or TrainConfig()
+    device = pick_device(config.device)
+    block_size = model.config.block_size
+    torch.manual_seed(config.seed)  # dropout's randomness
+    # The batches come from their own CPU generator: the data order is the same on any device
+    # and does not depend on what else draws random numbers (dropout, evaluation).
+    batches = torch.Generator().manual_seed(config.seed)
+    was_training = model.training
+    model.to(device).train()
+    optimizer = make_optimizer(model, config, device)
+    tokens_per_step = config.batch_size * block_size
+    history: list[dict] = []
+    start = time.perf_counter()
+
+    with _open_log(config.log_path) as log, \
+            tqdm(total=config.max_steps, desc="training", disable=not config.progress) as bar:
+        try:
+            row = {"step": 0, "lr": lr_at(0, config),
+                   **_evaluate(model, train_data, val_data, config, block_size)}
+            _record(row, start, history, log)
+            val_loss = row["val_loss"]  # the latest, shown in the progress bar
+            for step in range(1, config.max_steps + 1):
+                step_start = time.perf_counter()
+                x, y = random_batch(train_data, config.batch_size, block_size, batches, device)
+                lr = lr_at(step, config)
+                loss, grad_norm = train_step(model, optimizer, x, y, lr, config.grad_clip)
+                row = {"step": step, "lr": lr, "train_loss": loss, "grad_norm": grad_norm,
+                       "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start)}
+                if step % config.eval_interval == 0 or step == config.max_steps:
+                    row.update(_evaluate(model, train_data, val_data, config, block_size))
+                    val_loss = row["val_loss"]
+                _record(row, start, history, log)
+                # refresh=False: update() redraws the bar, at most ~10 times a second
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+                bar.update()
+        except KeyboardInterrupt:  # Ctrl-C, or the stop button of a notebook
+            if config.progress:
+                bar.write(f"Interrupted after step {_steps_done(history)}: returning the "
+                          f"history so far.")
+        finally:
+            model.train(was_training)
+
+    if config.checkpoint_path is not None:
+        save_checkpoint(config.checkpoint_path, model, tokenizer, step=_steps_done(history),
+                        history=history, train_config=_plain(asdict(config)),
+                        optimizer=optimizer.state_dict())
+    return history
+
+
+def _evaluate(model, train_data, val_data, config, block_size) -> dict:
+    # A generator seeded afresh gives the same batches at every evaluation, so the curve's ups and
+    # downs are the model's and not the sample's; and evaluating never draws from the training
+    # batches' generator, so how often one evaluates does not change what the model trains on.
+    def same_batches():
+        return torch.Generator().manual_seed(config.seed + 1)
+
+    return {"eval_train_loss": estimate_loss(model, train_data, config, block_size,
+                                             same_batches()),
+            "val_loss": estimate_loss(model, val_data, config, block_size, same_batches())}
+
+
+def _open_log(path):
+    """The JSON-lines log, started afresh, or a stand-in that yields None when there is none."""
+    if path is None:
+        return contextlib.nullcontext()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("w", encoding="utf-8")
+
+
+def _record(row: dict, start: float, history: list, log) -> None:
+    row["elapsed_s"] = time.perf_counter() - start
+    history.append(row)
+    if log is not None:
+        log.write(json.dumps(row) + "\n")
+        log.flush()  # a crash loses at most the row being written
+
+
+def _steps_done(history: list) -> int:
+    return history[-1]["step"] if history else 0
+
+
+def _plain(config: dict) -> dict:
+    # Paths become strings: a checkpoint holds only data that loads without running code.
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in config.items()}

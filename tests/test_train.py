@@ -1,0 +1,263 @@
+"""Tests of minillm.train on a tiny GPT (each test runs in well under a second or two)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from minillm import train as train_module
+from minillm.checkpoint import load_checkpoint
+from minillm.model import GPT, GPTConfig
+from minillm.tokenizer import CharTokenizer
+from minillm.train import (
+    TrainConfig,
+    bits_per_char,
+    estimate_loss,
+    lr_at,
+    make_optimizer,
+    optimizer_groups,
+    random_batch,
+    train,
+)
+
+V, BLOCK = 20, 16
+TIMING = ("tokens_per_s", "elapsed_s")  # the only fields that differ between identical runs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed=0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=V, block_size=BLOCK, n_layer=1, n_head=2, n_embd=32)
+    return GPT(GPTConfig(**{**settings, **overrides}))
+
+
+def quick(**overrides) -> TrainConfig:
+    settings = dict(max_steps=30, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=5,
+                    eval_interval=10, eval_batches=4, device="cpu", progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def toy_data(n=3000):
+    """A learnable sequence: a fixed random cycle of 13 tokens, so each token predicts the next."""
+    cycle = torch.randperm(V, generator=torch.Generator().manual_seed(1))[:13]
+    data = cycle.repeat(n // 13 + 1)[:n]
+    return data[: n * 9 // 10], data[n * 9 // 10:]
+
+
+def without_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+# ----------------------------------------------------------------------------- the schedule
+
+def test_lr_schedule_shape():
+    config = TrainConfig(max_steps=1000, lr=1e-3, min_lr=1e-4, warmup_steps=100)
+    lrs = [lr_at(step, config) for step in range(config.max_steps + 1)]
+    assert lrs[0] == 0.0
+    assert lrs[50] == pytest.approx(0.5e-3)
+    assert lrs[100] == pytest.approx(1e-3) and max(lrs) == lrs[100]
+    assert lrs[550] == pytest.approx((1e-3 + 1e-4) / 2)  # half way down the cosine
+    assert lrs[1000] == pytest.approx(1e-4) and lr_at(2000, config) == pytest.approx(1e-4)
+    assert all(a < b for a, b in zip(lrs[:100], lrs[1:101]))  # warmup rises
+    assert all(a > b for a, b in zip(lrs[100:1000], lrs[101:]))  # then decays monotonically
+
+
+def test_lr_schedule_without_warmup():
+    config = TrainConfig(max_steps=10, lr=1e-3, min_lr=0.0, warmup_steps=0)
+    assert lr_at(0, config) == pytest.approx(1e-3)
+    assert lr_at(10, config) == 0.0
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+def test_decay_groups_hold_exactly_the_matrices():
+    model = tiny_model()
+    decay, no_decay = optimizer_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed == {"tok_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.weight",
+                       "blocks.0.attn.proj.weight", "blocks.0.mlp.fc.weight",
+                       "blocks.0.mlp.proj.weight"}
+    assert all(name.endswith("bias") or "norm" in name
+               for name in (names[id(p)] for p in no_decay["params"]))
+    # every parameter exactly once: the tied embedding/output matrix is not listed twice
+    every = [id(p) for group in (decay, no_decay) for p in group["params"]]
+    assert len(every) == len(set(every)) == len(list(model.parameters()))
+    assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) \
+        == model.num_params()
+
+
+def test_untied_output_layer_is_decayed_too():
+    model = tiny_model(tie_embeddings=False)
+    decay, _ = optimizer_groups(model, 0.1)
+    assert any(p is model.lm_head.weight for p in decay["params"])
+    assert any(p is model.tok_emb.weight for p in decay["params"])
+
+
+def test_make_optimizer_on_cpu():
+    config = quick(weight_decay=0.05, beta1=0.8, beta2=0.95)
+    optimizer = make_optimizer(tiny_model(), config, "cpu")
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]
+    assert all(g["betas"] == (0.8, 0.95) and not g["fused"] for g in optimizer.param_groups)
+
+
+# ----------------------------------------------------------------------------- data and loss
+
+def test_random_batch_windows_and_shift():
+    data = torch.arange(100)
+    x, y = random_batch(data, 64, BLOCK, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (64, BLOCK) and x.dtype == torch.long
+    assert torch.equal(y[:, :-1], x[:, 1:])  # targets are the inputs shifted by one
+    offsets = torch.arange(BLOCK + 1)
+    assert torch.equal(torch.cat((x, y[:, -1:]), dim=1), x[:, :1] + offsets)  # contiguous text
+    assert x[:, 0].min() >= 0 and y[:, -1].max() <= 99
+
+
+def test_random_batch_reaches_every_start_and_is_reproducible():
+    data = torch.arange(40)
+    starts = random_batch(data, 2000, BLOCK, torch.Generator().manual_seed(0))[0][:, 0]
+    assert set(starts.tolist()) == set(range(40 - BLOCK))  # the last window ends at data[-1]
+    again = random_batch(data, 2000, BLOCK, torch.Generator().manual_seed(0))[0][:, 0]
+    assert torch.equal(starts, again)
+
+
+def test_random_batch_errors():
+    with pytest.raises(ValueError, match="fewer than the 17"):
+        random_batch(torch.arange(16), 2, BLOCK, torch.Generator())
+    with pytest.raises(ValueError, match="1-D tensor"):
+        random_batch(torch.arange(100).view(4, 25), 2, BLOCK, torch.Generator())
+
+
+def test_estimate_loss_is_deterministic_without_dropout_and_restores_mode():
+    model = tiny_model(dropout=0.5).train()
+    data = toy_data()[0]
+    losses = [estimate_loss(model, data, quick(), BLOCK, torch.Generator().manual_seed(3))
+              for _ in range(2)]
+    assert losses[0] == losses[1]  # same batches and no dropout
+    assert model.training
+    assert losses[0] == pytest.approx(math.log(V), rel=0.1)  # an untrained model: ~uniform
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def test_history_rows():
+    config = quick(max_steps=25, eval_interval=10)
+    history = train(tiny_model(), *toy_data(), config)
+    assert [row["step"] for row in history] == list(range(26))
+    assert [row["step"] for row in history if "val_loss" in row] == [0, 10, 20, 25]
+    assert set(history[0]) == {"step", "lr", "eval_train_loss", "val_loss", "elapsed_s"}
+    assert set(history[1]) == {"step", "lr", "train_loss", "grad_norm", "tokens_per_s",
+                               "elapsed_s"}
+    assert [row["lr"] for row in history] == [lr_at(s, config) for s in range(26)]
+    assert all(row["tokens_per_s"] > 0 for row in history[1:])
+    elapsed = [row["elapsed_s"] for row in history]
+    assert elapsed == sorted(elapsed)
+
+
+def test_loss_goes_down_on_a_learnable_sequence():
+    history = train(tiny_model(), *toy_data(), quick(max_steps=40))
+    first, last = history[0], history[-1]
+    assert first["val_loss"] == pytest.approx(math.log(V), rel=0.1)
+    assert last["val_loss"] < 0.5 * first["val_loss"]
+    assert last["eval_train_loss"] < 0.5 * first["eval_train_loss"]
+
+
+def test_same_seed_same_history():
+    config = quick(max_steps=12, eval_interval=6)
+    runs = [train(tiny_model(dropout=0.1), *toy_data(), config) for _ in range(2)]
+    assert without_timing(runs[0]) == without_timing(runs[1])
+    other = train(tiny_model(dropout=0.1), *toy_data(), quick(max_steps=12, seed=7))
+    assert without_timing(other) != without_timing(runs[0])
+
+
+def test_evaluating_does_not_change_training():
+    """Evaluation draws its own batches, so how often one evaluates changes no training step."""
+    often = train(tiny_model(), *toy_data(), quick(max_steps=12, eval_interval=2))
+    rarely = train(tiny_model(), *toy_data(), quick(max_steps=12, eval_interval=12))
+    assert [r.get("train_loss") for r in often] == [r.get("train_loss") for r in rarely]
+
+
+def test_model_is_trained_in_place_and_mode_restored():
+    model = tiny_model().eval()
+    before = model.tok_emb.weight.detach().clone()
+    train(model, *toy_data(), quick(max_steps=3, warmup_steps=1))
+    assert not model.training
+    assert not torch.equal(model.tok_emb.weight, before)
+
+
+def test_log_file_holds_the_history(tmp_path):
+    log_path = tmp_path / "logs" / "run.jsonl"
+    log_path.parent.mkdir()
+    log_path.write_text('{"step": 99}\n')  # an earlier run's log is replaced, not extended
+    history = train(tiny_model(), *toy_data(), quick(max_steps=12, log_path=log_path))
+    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert rows == history
+
+
+def test_checkpoint_at_the_end(tmp_path):
+    tokenizer = CharTokenizer("".join(chr(ord("a") + i) for i in range(V)))
+    config = quick(max_steps=12, checkpoint_path=tmp_path / "run" / "model.pt")
+    model = tiny_model()
+    history = train(model, *toy_data(), config, tokenizer=tokenizer)
+
+    loaded = load_checkpoint(tmp_path / "run" / "model.pt")
+    idx = toy_data()[1][None, :BLOCK]
+    assert torch.equal(loaded.model(idx)[0], model.eval()(idx)[0])
+    assert loaded.tokenizer.encode("abc") == [0, 1, 2]
+    assert loaded.state["step"] == 12 and loaded.state["history"] == history
+    assert loaded.state["train_config"]["checkpoint_path"] == str(config.checkpoint_path)
+    assert TrainConfig(**loaded.state["train_config"]) == TrainConfig(
+        **{**vars(config), "checkpoint_path": str(config.checkpoint_path)})
+    make_optimizer(loaded.model, config, "cpu").load_state_dict(loaded.state["optimizer"])
+
+
+def test_interrupt_returns_the_history_and_saves(tmp_path, monkeypatch):
+    real_step, calls = train_module.train_step, []
+
+    def step_then_interrupt(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", step_then_interrupt)
+    config = quick(max_steps=30, checkpoint_path=tmp_path / "model.pt")
+    history = train(tiny_model(), *toy_data(), config)
+    assert [row["step"] for row in history] == [0, 1, 2, 3, 4, 5]
+    state = load_checkpoint(tmp_path / "model.pt").state
+    assert state["step"] == 5 and state["history"] == history
+
+
+@pytest.mark.parametrize("field, value", [
+    ("max_steps", 0), ("max_steps", 2.5), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3),
+    ("lr", float("nan")), ("lr", "2e-3"), ("min_lr", -1.0), ("min_lr", 1.0),
+    ("warmup_steps", -1), ("warmup_steps", 5000), ("weight_decay", -0.1), ("beta1", 1.0),
+    ("beta2", -0.5), ("grad_clip", -1.0), ("eval_interval", 0), ("eval_batches", 0),
+    ("seed", 1.5), ("progress", "yes"), ("max_steps", True),
+])
+def test_bad_config_values_raise(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_device_raises():
+    with pytest.raises(ValueError, match="Unknown device"):
+        train(tiny_model(), *toy_data(), quick(device="tpu"))
+
+
+def test_bits_per_char():
+    assert bits_per_char(math.log(2), 100, 100) == pytest.approx(1.0)  # one bit per char
+    # a BPE model whose tokens hold 4 characters on average: 4 nats/token = 1 nat/char
+    assert bits_per_char(4.0, 250, 1000) == pytest.approx(1.0 / math.log(2))
+    with pytest.raises(ValueError):
+        bits_per_char(1.0, 0, 10)
