@@ -127,9 +127,9 @@ def test_kv_cache_and_no_cache_greedy_tokens_agree_past_block_size(positions, pr
     assert torch.equal(with_cache[:, :prompt_len], prompt)
 
 
-@pytest.mark.parametrize("positions, norm, mlp, tie, bias", itertools.product(
+@pytest.mark.parametrize("positions, norm, mlp, tie, bias", list(itertools.product(
     ["learned", "rotary"], ["layernorm", "rmsnorm"], ["gelu", "swiglu"], [True, False],
-    [True, False]))
+    [True, False])))
 def test_every_switch_combination_trains(positions, norm, mlp, tie, bias):
     torch.manual_seed(0)
     model = GPT(tiny(positions=positions, norm=norm, mlp=mlp, tie_embeddings=tie, bias=bias,
