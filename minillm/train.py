@@ -31,7 +31,8 @@ from minillm.settings import pick_device
 @dataclass
 class TrainConfig:
     max_steps: int = 3000  # optimizer updates
-    batch_size: int = 12  # windows of block_size tokens per step
+    batch_size: int = 12  # windows per step
+    block_size: int | None = None  # tokens per window; None: the model's whole context
     lr: float = 2e-3  # the peak learning rate, reached at the end of the warmup
     min_lr: float = 1e-4  # where the cosine decay ends, at max_steps
     warmup_steps: int = 100
@@ -67,6 +68,9 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             _require(self, name, _is_number(getattr(self, name)) and getattr(self, name) >= 0,
                      "a number >= 0")
+        _require(self, "block_size",
+                 self.block_size is None or (_is_int(self.block_size) and self.block_size >= 1),
+                 "a positive integer or None")
         _require(self, "seed", _is_int(self.seed), "an integer")
         _require(self, "device", isinstance(self.device, str), "a device name such as 'auto'")
         _require(self, "progress", isinstance(self.progress, bool), "True or False")
@@ -216,7 +220,10 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     """
     config = config or TrainConfig()
     device = pick_device(config.device)
-    block_size = model.config.block_size
+    block_size = config.block_size or model.config.block_size
+    if block_size > model.config.block_size:
+        raise ValueError(f"TrainConfig.block_size ({block_size}) exceeds the model's context "
+                         f"({model.config.block_size}).")
     torch.manual_seed(config.seed)  # dropout's randomness
     # The batches come from their own CPU generator: the data order is the same on any device
     # and does not depend on what else draws random numbers (dropout, evaluation).
