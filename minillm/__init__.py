@@ -1,8 +1,10 @@
 """minillm: the building blocks of the minillm course, from raw text to an RLHF-tuned assistant.
 
 Modules, in the order the lessons use them: ``data`` (the tiny Shakespeare corpus),
-``tokenizer`` (byte-level BPE), ``artifacts`` (what each lesson leaves for the next),
-``grade`` (the exercise grader), ``settings`` (profiles and the artifact folder).
+``tokenizer`` (byte-level BPE and characters), ``model`` (the GPT), ``train`` (the training
+engine), ``checkpoint`` (saving and loading models), ``shards`` (token streams on disk),
+``artifacts`` (what each lesson leaves for the next), ``reference`` (is my loss normal?),
+``grade`` (the exercise grader), ``settings`` (profiles, devices and the artifact folder).
 """
 
 __version__ = "0.1.0"

@@ -27,6 +27,9 @@ from minillm.checkpoint import save_checkpoint
 from minillm.model import GPT
 from minillm.settings import pick_device
 
+AUTOCAST_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
+                   "float16": torch.float16}
+
 
 @dataclass
 class TrainConfig:
@@ -50,10 +53,16 @@ class TrainConfig:
     device: str = "auto"  # "auto" picks cuda, then mps, then cpu
     log_path: str | Path | None = None  # the history as JSON lines, one row per line
     checkpoint_path: str | Path | None = None  # written at the end (and when interrupted)
+    checkpoint_interval: int = 0  # also every this many steps (0: only at the end)
+    resume: bool = False  # continue from checkpoint_path if it exists
+    grad_accum_steps: int = 1  # micro-batches of batch_size summed into one update
+    dtype: str = "auto"  # autocast dtype: "auto" (bfloat16 where the GPU has it), "float32", ...
+    compile: bool = False  # torch.compile the model (a GPU speedup; ~20 s to compile on a CPU)
     progress: bool = True  # a tqdm progress bar
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches"):
+        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches",
+                     "grad_accum_steps"):
             _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1,
                      "a positive integer")
         _require(self, "warmup_steps",
@@ -73,7 +82,12 @@ class TrainConfig:
                  "a positive integer or None")
         _require(self, "seed", _is_int(self.seed), "an integer")
         _require(self, "device", isinstance(self.device, str), "a device name such as 'auto'")
-        _require(self, "progress", isinstance(self.progress, bool), "True or False")
+        _require(self, "checkpoint_interval",
+                 _is_int(self.checkpoint_interval) and self.checkpoint_interval >= 0,
+                 "an integer >= 0")
+        _require(self, "dtype", self.dtype in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}")
+        for name in ("progress", "resume", "compile"):
+            _require(self, name, isinstance(getattr(self, name), bool), "True or False")
 
 
 def _is_int(value) -> bool:
@@ -144,6 +158,8 @@ def random_batch(data: torch.Tensor, batch_size: int, block_size: int,
     A window may start anywhere, so over many steps every stretch of text is seen at every
     position of the context, and all learned position embeddings get trained.
     """
+    if hasattr(data, "random_batch"):  # a token stream on disk (minillm.shards.TokenShards)
+        return data.random_batch(batch_size, block_size, generator, device)
     if not isinstance(data, torch.Tensor) or data.dim() != 1:
         raise ValueError("The data must be a 1-D tensor of token ids.")
     if len(data) <= block_size:
@@ -185,22 +201,103 @@ def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
     return loss_nats_per_token / math.log(2) * tokens / chars
 
 
+# ----------------------------------------------------------------------------- hardware
+
+# Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, in FLOP/s. MFU (model FLOPs
+# utilisation, PaLM appendix B) is achieved model FLOP/s over this peak; on a CPU there is no
+# one agreed peak, so only the achieved FLOP/s is reported.
+PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device: str) -> float | None:
+    """The device's known peak FLOP/s, or None (CPU, MPS, or a GPU not in PEAK_FLOPS)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+
+
+def autocast_dtype(device: str, dtype: str = "auto") -> torch.dtype:
+    """The dtype the forward pass computes in. "auto" is bfloat16 on a GPU that supports it
+    (same range as float32, so no loss scaling; twice the tensor-core speed, half the memory
+    traffic) and float32 elsewhere: CPUs rarely have fast bf16 matmuls."""
+    if dtype != "auto":
+        return AUTOCAST_DTYPES[dtype]
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a torchrun launch (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the process group torchrun set up (gloo on a CPU, nccl on CUDA), if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
 # ----------------------------------------------------------------------------- the loop
 
-def train_step(model: GPT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               lr: float, grad_clip: float) -> tuple[float, float]:
-    """One update at learning rate ``lr``; returns the batch's loss and the gradient norm
-    (measured before clipping)."""
+def train_step(model, optimizer: torch.optim.Optimizer, micro_batches, lr: float,
+               grad_clip: float, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """One update at learning rate ``lr`` from a list of (x, y) micro-batches; returns their mean
+    loss and the gradient norm (measured before clipping).
+
+    Each micro-batch's loss is divided by their number, so the summed gradients are those of the
+    mean loss over all of them: k micro-batches of b windows give the update of one batch of k*b.
+    Under DistributedDataParallel the gradients are averaged across processes only after the
+    last micro-batch (``no_sync`` skips the all-reduce for the others).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    _, loss = model(x, y)
-    loss.backward()
+    device_type = micro_batches[0][0].device.type
+    total = 0.0
+    for k, (x, y) in enumerate(micro_batches):
+        last = k == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+            else model.no_sync()
+        with sync, torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+            _, loss = model(x, y)
+        (loss / len(micro_batches)).backward()
+        total += loss.detach()
     # Rescaling the gradient when its norm exceeds grad_clip caps the size of any one update, so
     # a rare batch with a huge gradient cannot undo training. A limit of inf only measures.
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     optimizer.step()
-    return loss.item(), grad_norm.item()
+    return (total / len(micro_batches)).item(), grad_norm.item()
+
+
+def global_batch(data, config: TrainConfig, block_size: int, generator: torch.Generator,
+                 dist: Distributed, device):
+    """This process's micro-batches of one step.
+
+    Every process draws the same global batch of batch_size * grad_accum_steps * world_size
+    windows from the same generator and keeps its own slice, so a run on N processes sees
+    exactly the windows a single process with N times the accumulation would.
+    """
+    per_rank = config.batch_size * config.grad_accum_steps
+    x, y = random_batch(data, per_rank * dist.world_size, block_size, generator, device)
+    mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+    return list(zip(x[mine].split(config.batch_size), y[mine].split(config.batch_size)))
 
 
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
@@ -209,17 +306,27 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     ids, and return the history: one dict per step.
 
     Every row has ``step`` (optimizer updates done), ``lr``, ``train_loss`` (the loss of that
-    step's batch), ``grad_norm`` (before clipping), ``tokens_per_s`` (of that step) and
-    ``elapsed_s`` (since the start, evaluations included). Evaluation rows (step 0, every
-    ``eval_interval`` steps and the last) add ``eval_train_loss`` and ``val_loss``, the model's
-    mean loss after that step on ``eval_batches`` batches of each split; row 0 is the
-    evaluation before training and has only those, ``lr`` and ``elapsed_s``.
+    step's batch), ``grad_norm`` (before clipping), ``tokens_per_s`` and ``flops_per_s`` (of
+    that step; ``mfu`` too where the device's peak is known) and ``elapsed_s`` (since the
+    start, evaluations included). Evaluation rows (step 0, every ``eval_interval`` steps and the
+    last) add ``eval_train_loss`` and ``val_loss``, the model's mean loss after that step on
+    ``eval_batches`` batches of each split; row 0 is the evaluation before training and has only
+    those, ``lr`` and ``elapsed_s``.
+
+    Checkpoints (every ``checkpoint_interval`` steps and at the end) hold everything needed to
+    continue: with ``resume=True`` a run picks up at the checkpoint's step, with the same
+    optimizer state, data order and random state, and ends exactly as if it had never stopped.
+    Launched by ``torchrun``, the processes split each batch (data parallelism); rank 0 alone
+    evaluates, logs and checkpoints.
 
     Ctrl-C (KeyboardInterrupt) stops cleanly: the history so far is returned, and the checkpoint
-    (model, tokenizer, optimizer state, config, history) is written as at the end.
+    is written as at the end.
     """
     config = config or TrainConfig()
     device = pick_device(config.device)
+    dist = init_distributed(device)
+    if dist.world_size > 1 and torch.device(device).type == "cuda":
+        device = f"cuda:{dist.local_rank}"
     block_size = config.block_size or model.config.block_size
     if block_size > model.config.block_size:
         raise ValueError(f"TrainConfig.block_size ({block_size}) exceeds the model's context "
@@ -231,43 +338,111 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     was_training = model.training
     model.to(device).train()
     optimizer = make_optimizer(model, config, device)
-    tokens_per_step = config.batch_size * block_size
     history: list[dict] = []
-    start = time.perf_counter()
+    if config.resume and config.checkpoint_path and Path(config.checkpoint_path).is_file():
+        history = _restore(config.checkpoint_path, model, optimizer, batches, device)
+    stepper = _wrap(model, config, dist, device)
+    dtype = autocast_dtype(device, config.dtype)
+    tokens_per_step = config.batch_size * config.grad_accum_steps * dist.world_size * block_size
+    flops_per_token = model.flops_per_token() * block_size / model.config.block_size
+    peak = peak_flops(device)
+    first_step = _steps_done(history) + 1
+    start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
 
-    with _open_log(config.log_path) as log, \
-            tqdm(total=config.max_steps, desc="training", disable=not config.progress) as bar:
+    # The random state after the last completed step: what a resumed run must start from, even
+    # when Ctrl-C lands in the middle of a step that already drew its batch.
+    rng = {"batch_rng": batches.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def checkpoint():
+        if config.checkpoint_path is not None and dist.is_main:
+            save_checkpoint(config.checkpoint_path, model, tokenizer,
+                            step=_steps_done(history), history=history,
+                            train_config=_plain(asdict(config)),
+                            optimizer=optimizer.state_dict(), **rng)
+
+    with _open_log(config.log_path if dist.is_main else None, history) as log, \
+            tqdm(total=config.max_steps, initial=first_step - 1, desc="training",
+                 disable=not (config.progress and dist.is_main)) as bar:
         try:
-            row = {"step": 0, "lr": lr_at(0, config),
-                   **_evaluate(model, train_data, val_data, config, block_size)}
-            _record(row, start, history, log)
-            val_loss = row["val_loss"]  # the latest, shown in the progress bar
-            for step in range(1, config.max_steps + 1):
+            if not history:
+                row = {"step": 0, "lr": lr_at(0, config)}
+                if dist.is_main:
+                    row.update(_evaluate(model, train_data, val_data, config, block_size))
+                _record(row, start, history, log)
+            val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
+            for step in range(first_step, config.max_steps + 1):
                 step_start = time.perf_counter()
-                x, y = random_batch(train_data, config.batch_size, block_size, batches, device)
+                micro = global_batch(train_data, config, block_size, batches, dist, device)
                 lr = lr_at(step, config)
-                loss, grad_norm = train_step(model, optimizer, x, y, lr, config.grad_clip)
-                row = {"step": step, "lr": lr, "train_loss": loss, "grad_norm": grad_norm,
-                       "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start)}
-                if step % config.eval_interval == 0 or step == config.max_steps:
+                loss, grad_norm = train_step(stepper, optimizer, micro, lr, config.grad_clip,
+                                             dtype)
+                seconds = time.perf_counter() - step_start
+                row = {"step": step, "lr": lr, "train_loss": _mean_across(loss, dist, device),
+                       "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / seconds,
+                       "flops_per_s": tokens_per_step * flops_per_token / seconds}
+                if peak:
+                    row["mfu"] = row["flops_per_s"] / (peak * dist.world_size)
+                if dist.is_main and (step % config.eval_interval == 0
+                                     or step == config.max_steps):
                     row.update(_evaluate(model, train_data, val_data, config, block_size))
                     val_loss = row["val_loss"]
                 _record(row, start, history, log)
+                rng = {"batch_rng": batches.get_state(), "torch_rng": torch.get_rng_state()}
+                if config.checkpoint_interval and step % config.checkpoint_interval == 0 \
+                        and step < config.max_steps:
+                    checkpoint()
                 # refresh=False: update() redraws the bar, at most ~10 times a second
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                val=f"{val_loss:.3f}" if val_loss is not None else "-",
+                                refresh=False)
                 bar.update()
         except KeyboardInterrupt:  # Ctrl-C, or the stop button of a notebook
-            if config.progress:
+            if config.progress and dist.is_main:
                 bar.write(f"Interrupted after step {_steps_done(history)}: returning the "
                           f"history so far.")
         finally:
             model.train(was_training)
 
-    if config.checkpoint_path is not None:
-        save_checkpoint(config.checkpoint_path, model, tokenizer, step=_steps_done(history),
-                        history=history, train_config=_plain(asdict(config)),
-                        optimizer=optimizer.state_dict())
+    checkpoint()
     return history
+
+
+def _wrap(model: GPT, config: TrainConfig, dist: Distributed, device: str):
+    """The module the training steps call: compiled and/or wrapped for data parallelism."""
+    stepper = torch.compile(model) if config.compile else model
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [dist.local_rank] if torch.device(device).type == "cuda" else None
+        stepper = DistributedDataParallel(stepper, device_ids=ids)
+    return stepper
+
+
+def _mean_across(value: float, dist: Distributed, device: str) -> float:
+    """The mean of ``value`` over all processes (each saw a different slice of the batch)."""
+    if dist.world_size == 1:
+        return value
+    import torch.distributed as tdist
+
+    tensor = torch.tensor([value], device=device)
+    tdist.all_reduce(tensor)
+    return tensor.item() / dist.world_size
+
+
+def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str) -> list[dict]:
+    """Load a training checkpoint into the model, optimizer and generators; its history."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("model_config") != asdict(model.config):
+        raise ValueError(f"{path} holds a model with another configuration; resume needs the "
+                         "same GPTConfig (or delete the checkpoint to start afresh).")
+    missing = [k for k in ("optimizer", "batch_rng", "torch_rng", "history") if k not in state]
+    if missing:
+        raise ValueError(f"{path} cannot be resumed from: it has no {', '.join(missing)}.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    batches.set_state(state["batch_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"]
 
 
 def _evaluate(model, train_data, val_data, config, block_size) -> dict:
@@ -282,13 +457,18 @@ def _evaluate(model, train_data, val_data, config, block_size) -> dict:
             "val_loss": estimate_loss(model, val_data, config, block_size, same_batches())}
 
 
-def _open_log(path):
-    """The JSON-lines log, started afresh, or a stand-in that yields None when there is none."""
+@contextlib.contextmanager
+def _open_log(path, history: list[dict]):
+    """The JSON-lines log, rewritten to hold ``history`` (the rows of a resumed run), or None
+    when there is no log."""
     if path is None:
-        return contextlib.nullcontext()
+        yield None
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("w", encoding="utf-8")
+    with path.open("w", encoding="utf-8") as log:
+        log.writelines(json.dumps(row) + "\n" for row in history)
+        yield log
 
 
 def _record(row: dict, start: float, history: list, log) -> None:

@@ -22,7 +22,8 @@ from minillm.train import (
 )
 
 V, BLOCK = 20, 16
-TIMING = ("tokens_per_s", "elapsed_s")  # the only fields that differ between identical runs
+# the only fields that differ between identical runs
+TIMING = ("tokens_per_s", "flops_per_s", "elapsed_s")
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +158,7 @@ def test_history_rows():
     assert [row["step"] for row in history if "val_loss" in row] == [0, 10, 20, 25]
     assert set(history[0]) == {"step", "lr", "eval_train_loss", "val_loss", "elapsed_s"}
     assert set(history[1]) == {"step", "lr", "train_loss", "grad_norm", "tokens_per_s",
-                               "elapsed_s"}
+                               "flops_per_s", "elapsed_s"}
     assert [row["lr"] for row in history] == [lr_at(s, config) for s in range(26)]
     assert all(row["tokens_per_s"] > 0 for row in history[1:])
     elapsed = [row["elapsed_s"] for row in history]
@@ -261,3 +262,135 @@ def test_bits_per_char():
     assert bits_per_char(4.0, 250, 1000) == pytest.approx(1.0 / math.log(2))
     with pytest.raises(ValueError):
         bits_per_char(1.0, 0, 10)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+TINY_RUN = REPO / "tests" / "train_tiny.py"
+
+
+def final_weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    big, accumulated = tiny_model(), tiny_model()
+    h_big = train(big, *toy_data(), quick(max_steps=15, batch_size=8))
+    h_acc = train(accumulated, *toy_data(), quick(max_steps=15, batch_size=4,
+                                                  grad_accum_steps=2))
+    for a, b in zip(h_big, h_acc, strict=True):
+        assert a.get("train_loss", 0) == pytest.approx(b.get("train_loss", 0), abs=1e-5)
+    assert_same_weights(final_weights(big), final_weights(accumulated), atol=1e-5)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
+    whole = train(tiny_model(dropout=0.1), *toy_data(),
+                  quick(max_steps=30, checkpoint_path=tmp_path / "a.pt"))
+    real_step, calls = train_module.train_step, []
+
+    def step_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 17:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    config = quick(max_steps=30, checkpoint_path=tmp_path / "b.pt", resume=True)
+    monkeypatch.setattr(train_module, "train_step", step_then_interrupt)
+    partial = train(tiny_model(dropout=0.1), *toy_data(), config)
+    assert partial[-1]["step"] == 16
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = train(tiny_model(seed=5, dropout=0.1), *toy_data(), config)  # weights come back
+    assert without_timing(resumed) == without_timing(whole)
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_losses(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, TINY_RUN, whole, "--steps", "400"], check=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, TINY_RUN, killed, "--steps", "400"])
+    log = killed / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) > 150:
+            process.kill()  # SIGKILL: no cleanup, no final checkpoint
+            break
+        time.sleep(0.01)
+    assert process.wait() != 0, "the run finished before it could be killed"
+    stopped_at = torch.load(killed / "model.pt", weights_only=True)["step"]
+    assert 0 < stopped_at < 400
+    subprocess.run([sys.executable, TINY_RUN, killed, "--steps", "400", "--resume"], check=True)
+    rows = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
+    assert without_timing(rows) == without_timing(expected)
+    a = torch.load(whole / "model.pt", weights_only=True)["model"]
+    b = torch.load(killed / "model.pt", weights_only=True)["model"]
+    assert_same_weights(a, b, atol=0)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    config = quick(max_steps=5, checkpoint_path=tmp_path / "m.pt", resume=True)
+    train(tiny_model(), *toy_data(), config)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(tiny_model(n_embd=16), *toy_data(), config)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
+    import subprocess
+    import sys
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    # No dropout: each process draws its own masks, so only the dropout-free runs can agree.
+    common = ["--steps", "20", "--batch-size", "4", "--dropout", "0"]
+    subprocess.run([*torchrun, TINY_RUN, tmp_path / "ddp", *common], check=True, timeout=300)
+    subprocess.run([sys.executable, TINY_RUN, tmp_path / "one", *common, "--accum", "2"],
+                   check=True, timeout=300)
+    ddp = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ddp] == [r["step"] for r in one]
+    for a, b in zip(ddp, one, strict=True):
+        for key in ("train_loss", "val_loss"):
+            assert a.get(key, 0) == pytest.approx(b.get(key, 0), abs=1e-4)
+    assert_same_weights(torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)["model"],
+                        torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"],
+                        atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one():
+    eager = train(tiny_model(), *toy_data(), quick(max_steps=6))
+    compiled = train(tiny_model(), *toy_data(), quick(max_steps=6, compile=True))
+    for a, b in zip(eager, compiled, strict=True):
+        assert a.get("train_loss", 0) == pytest.approx(b.get("train_loss", 0), abs=1e-4)
+
+
+def test_autocast_dtype_and_peak_flops(monkeypatch):
+    assert train_module.autocast_dtype("cpu") == torch.float32
+    assert train_module.autocast_dtype("cpu", "bfloat16") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert train_module.autocast_dtype("cuda") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert train_module.autocast_dtype("cuda") == torch.float32
+    assert train_module.peak_flops("cpu") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
+    assert train_module.peak_flops("cuda") == 312e12
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Future GPU")
+    assert train_module.peak_flops("cuda") is None
+
+
+def test_bfloat16_autocast_runs_on_cpu():
+    history = train(tiny_model(), *toy_data(), quick(max_steps=5, dtype="bfloat16"))
+    assert all(math.isfinite(r["train_loss"]) for r in history[1:])
