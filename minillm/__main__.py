@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+
+import torch
 
 
 def tokenizer_command(args: argparse.Namespace) -> None:
@@ -33,6 +37,42 @@ def prepare_command(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def pretrain_command(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from minillm import artifacts
+    from minillm.model import GPT
+    from minillm.train import train
+
+    model_config, run = artifacts.base_recipe(args.profile)
+    if args.data:
+        from minillm.shards import TokenShards
+
+        if not args.val_data:
+            raise ValueError("--data needs --val-data: a second shard folder to measure on.")
+        train_data, val_data = TokenShards(args.data), TokenShards(args.val_data)
+        tok = train_data.tokenizer()
+        model_config = replace(model_config, vocab_size=train_data.vocab_size)
+    else:
+        tok = artifacts.char_tokenizer()
+        train_data, val_data = artifacts.shakespeare_splits(tok)
+    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+               "grad_accum_steps": args.grad_accum, "dtype": args.dtype, "device": args.device}
+    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
+    out = args.out or artifacts.base_model_path(args.profile)
+    run = replace(run, checkpoint_path=out, log_path=Path(out).with_suffix(".jsonl"),
+                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
+                  compile=args.compile,
+                  **{k: v for k, v in changes.items() if v is not None})
+    torch.manual_seed(run.seed)
+    model = GPT(model_config)
+    history = train(model, train_data, val_data, run, tokenizer=tok)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = next(r for r in reversed(history) if "val_loss" in r)
+        print(f"step {last['step']}: val loss {last['val_loss']:.4f}; checkpoint {out}")
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
@@ -59,6 +99,28 @@ def main(argv: list[str] | None = None) -> None:
     prep.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                       help="tokenizing processes (default: one per CPU)")
     prep.set_defaults(run=prepare_command)
+    pre = stages.add_parser(
+        "pretrain", help="train the base model (run it under torchrun for several processes)")
+    pre.add_argument("--profile", choices=["quick", "full"], default=None,
+                     help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+    pre.add_argument("--data", metavar="DIR", help="token shards from 'prepare' (default: "
+                     "tiny Shakespeare, character-level)")
+    pre.add_argument("--val-data", metavar="DIR", help="held-out token shards, with --data")
+    pre.add_argument("--out", metavar="PATH",
+                     help="the checkpoint (default: the base-model artifact in MINILLM_HOME)")
+    pre.add_argument("--steps", type=_positive_int, default=None)
+    pre.add_argument("--batch-size", type=_positive_int, default=None)
+    pre.add_argument("--grad-accum", type=_positive_int, default=None,
+                     help="micro-batches per update")
+    pre.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    pre.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
+    pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    pre.add_argument("--compile", action="store_true", help="torch.compile the model")
+    pre.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
+                     help="steps between checkpoints (default 500; 0: only at the end)")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue from the checkpoint if it exists")
+    pre.set_defaults(run=pretrain_command)
     args = parser.parse_args(argv)
     try:
         args.run(args)

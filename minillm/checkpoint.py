@@ -18,15 +18,14 @@ Two promises (DESIGN.md, "Contracts"):
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from minillm.files import atomic_write
 from minillm.model import GPT, GPTConfig
 from minillm.settings import pick_device
 from minillm.tokenizer import CharTokenizer, Tokenizer, from_json
@@ -65,20 +64,8 @@ def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
         "tokenizer": None if tokenizer is None else tokenizer.to_json(),
         **state,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file lives in the same folder, so the rename never crosses file systems
-    # and is atomic: readers see the old checkpoint or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename, so a power cut cannot leave it empty
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C included: never leave a half-written temporary file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path, device: str = "cpu") -> Checkpoint:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from minillm.files import atomic_write
 from minillm.settings import home_dir
 
 FILENAME = "tinyshakespeare.txt"
@@ -63,14 +63,8 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> None:
             f"The download from {url} is corrupted (sha256 {digest[:12]}…, expected "
             f"{sha256[:12]}…); nothing was saved. Try again, or put a good copy at {dest}."
         )
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(dest) as f:
+        f.write(payload)
 
 
 def _read_verified(path: Path) -> str:

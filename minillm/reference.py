@@ -35,7 +35,8 @@ def make_reference(profile_name: str, seeds: list[int]) -> dict:
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        _, history = train_base_model(profile_name, seed=seed, checkpoint_path=None)
+        _, history = train_base_model(profile_name, seed=seed, checkpoint_path=None,
+                                      progress=False)
         evals = [row for row in history if "val_loss" in row]
         runs.append({"seed": seed, "wall_s": round(time.perf_counter() - start, 1),
                      "step": [row["step"] for row in evals],
@@ -89,7 +90,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Make the reference curves of lesson 02.")
     parser.add_argument("--profile", default=None, help="quick or full (default: this machine's)")
     parser.add_argument("--seeds", type=int, default=4, help="how many runs (seeds 1, 2, ...)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = args.profile or profile()
     reference = make_reference(name, list(range(1, args.seeds + 1)))
     DATA_DIR.mkdir(exist_ok=True)

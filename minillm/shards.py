@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minillm.files import atomic_write
 from minillm.tokenizer import from_json
 
 MAGIC = b"MINILLMT"
@@ -75,17 +76,9 @@ def write_shard(path, ids, vocab_size: int) -> None:
                          f"{ids.min()}..{ids.max()}.")
     dtype = token_dtype(vocab_size)
     header = HEADER.pack(MAGIC, VERSION, dtype.itemsize, len(ids), vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are private (mode 0600), and a dataset is often shared.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(header)
-            ids.astype(dtype, copy=False).tofile(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(header)
+        ids.astype(dtype, copy=False).tofile(f)
 
 
 def shard_header(path) -> ShardHeader:
@@ -254,9 +247,8 @@ def _write_index(folder: Path, vocab_size: int, shards: list[dict], sources: lis
     index = {"format": INDEX_FORMAT, "vocab_size": vocab_size,
              "tokens": sum(s["tokens"] for s in shards), "tokenizer": "tokenizer.json",
              "shards": shards, "sources": sources}
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "index.json")
+    with atomic_write(folder / "index.json", "w", encoding="utf-8") as f:
+        f.write(json.dumps(index, indent=1, ensure_ascii=False) + "\n")
 
 
 def _in_order(pool: ProcessPoolExecutor, fn, items: list, ahead: int) -> Iterator:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
+
+from minillm.files import atomic_write
 
 # The split patterns of GPT-2 (tiktoken's r50k_base) and GPT-4 (cl100k_base).
 GPT2_PATTERN = (
@@ -129,7 +129,8 @@ class _TokenizerBase:
 
     def save(self, path) -> None:
         """Write the tokenizer as one readable JSON file, atomically."""
-        _write_atomic(Path(path), self.to_json())
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
 
     @classmethod
     def load(cls, path):
@@ -398,15 +399,3 @@ def _without_surrogates(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

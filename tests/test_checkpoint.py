@@ -11,14 +11,6 @@ from minillm.tokenizer import CharTokenizer, Tokenizer
 TEXT = "To be, or not to be, that is the question.\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(vocab_size=24, **overrides) -> GPT:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32,

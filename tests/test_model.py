@@ -33,14 +33,6 @@ def make_model(seed=0, **overrides) -> GPT:
     return GPT(tiny(**overrides)).eval()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shapes():
     model = make_model()
     idx = torch.randint(0, V, (3, 8))

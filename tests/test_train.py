@@ -26,14 +26,6 @@ V, BLOCK = 20, 16
 TIMING = ("tokens_per_s", "flops_per_s", "elapsed_s")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(seed=0, **overrides) -> GPT:
     torch.manual_seed(seed)
     settings = dict(vocab_size=V, block_size=BLOCK, n_layer=1, n_head=2, n_embd=32)
