@@ -1,6 +1,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -16,3 +18,12 @@ def test_every_lesson_in_the_map_exists():
     readme = (ROOT / "README.md").read_text()
     for link in re.findall(r"\]\((lessons/[^)]+\.ipynb)\)", readme):
         assert (ROOT / link).is_file(), link
+
+
+@pytest.mark.slow
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    monkeypatch.chdir(tmp_path)  # the examples write files
+    for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S):
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "shakespeare.json").is_file() and (tmp_path / "model.pt").is_file()
