@@ -35,3 +35,12 @@ def pytest_configure(config):
     impl = config.getoption("impl")
     if impl not in IMPLEMENTATIONS:
         raise pytest.UsageError(f"MINILLM_IMPL must be one of {IMPLEMENTATIONS}, not {impl!r}.")
+
+
+def pytest_collection_modifyitems(items):
+    # nbval waits only 5 s for a cell's output messages once the cell has finished. After a
+    # minutes-long training cell the kernel may still be flushing a long queue of progress-bar
+    # updates, and on a busy machine that has taken longer than 5 s.
+    for item in items:
+        if hasattr(item, "output_timeout"):
+            item.output_timeout = 60

@@ -353,7 +353,7 @@ def _learn_merges(words: Counter, n_merges: int, vocab: list[bytes], progress: b
     heapq.heapify(heap)
     rank_of = {b: i for i, b in enumerate(vocab)}
     merges = []
-    bar = tqdm(total=n_merges, desc="BPE merges", disable=not progress)
+    bar = tqdm(total=n_merges, desc="BPE merges", mininterval=1.0, disable=not progress)
     while len(merges) < n_merges and heap:
         negative_count, pair = heapq.heappop(heap)
         if counts.get(pair, 0) != -negative_count:

@@ -361,7 +361,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
                             optimizer=optimizer.state_dict(), **rng)
 
     with _open_log(config.log_path if dist.is_main else None, history) as log, \
-            tqdm(total=config.max_steps, initial=first_step - 1, desc="training",
+            tqdm(total=config.max_steps, initial=first_step - 1, desc="training", mininterval=1.0,
                  disable=not (config.progress and dist.is_main)) as bar:
         try:
             if not history:
@@ -391,7 +391,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
                 if config.checkpoint_interval and step % config.checkpoint_interval == 0 \
                         and step < config.max_steps:
                     checkpoint()
-                # refresh=False: update() redraws the bar, at most ~10 times a second
+                # refresh=False: update() redraws the bar, at most once a second
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}",
                                 val=f"{val_loss:.3f}" if val_loss is not None else "-",
                                 refresh=False)
