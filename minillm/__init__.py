@@ -4,7 +4,9 @@ Modules, in the order the lessons use them: ``data`` (the tiny Shakespeare corpu
 ``tokenizer`` (byte-level BPE and characters), ``model`` (the GPT), ``train`` (the training
 engine), ``checkpoint`` (saving and loading models), ``shards`` (token streams on disk),
 ``artifacts`` (what each lesson leaves for the next), ``reference`` (is my loss normal?),
-``grade`` (the exercise grader), ``settings`` (profiles, devices and the artifact folder).
+``chat`` (the chat template and batched answers), ``sft`` (supervised finetuning: its data,
+training and metrics), ``grade`` (the exercise grader), ``settings`` (profiles, devices and
+the artifact folder).
 """
 
 __version__ = "0.1.0"

@@ -73,6 +73,79 @@ def pretrain_command(args: argparse.Namespace) -> None:
         print(f"step {last['step']}: val loss {last['val_loss']:.4f}; checkpoint {out}")
 
 
+def sft_command(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from minillm import artifacts
+    from minillm.checkpoint import load_checkpoint
+    from minillm.sft import answer_prompts, make_sft_data, sft, sft_recipe, summarize
+
+    base = load_checkpoint(args.base) if args.base else artifacts.base_model(args.profile)
+    run = sft_recipe(args.profile)
+    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+               "device": args.device}
+    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
+    out = args.out or artifacts.sft_model_path(args.profile)
+    run = replace(run, checkpoint_path=out, log_path=Path(out).with_suffix(".jsonl"),
+                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
+                  **{k: v for k, v in changes.items() if v is not None})
+    data = make_sft_data(seed=args.data_seed)
+    print(f"{data}: finetuning {args.base or artifacts.base_model_path(args.profile)}")
+    model, history = sft(base, run, data)
+    last = next(r for r in reversed(history) if "val_loss" in r)
+    print(f"step {last['step']}: val loss {last['val_loss']:.4f}; checkpoint {out}")
+    if args.eval_samples > 0:
+        n = len(data.prompts) * args.eval_samples
+        print(f"Answers to {len(data.prompts)} held-out prompts x {args.eval_samples} "
+              f"(n={n}):")
+        print(f"{'model':<6}{'on topic':>10}{'ended turn':>12}{'mean length':>13}")
+        for name, candidate in (("base", base.model), ("sft", model)):
+            m = summarize(answer_prompts(candidate, base.tokenizer, data.prompts,
+                                         args.eval_samples, progress=False))
+            print(f"{name:<6}{m['on_topic']:>10.0%}{m['ended']:>12.0%}"
+                  f"{m['mean_length']:>10.0f} ch")
+
+
+def chat_command(args: argparse.Namespace) -> None:
+    from minillm.chat import respond
+    from minillm.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, tok = checkpoint.model, checkpoint.tokenizer
+    if tok is None:
+        raise ValueError(f"{args.checkpoint} holds no tokenizer, so its text cannot be read.")
+    generator = torch.Generator().manual_seed(args.seed)
+    is_assistant = checkpoint.state.get("stage") == "sft"
+    if is_assistant:
+        print(f"{args.checkpoint} is a finetuned assistant: name a topic (\"Speak of love.\").")
+    else:
+        print(f"{args.checkpoint} is a base model: it has never seen a conversation, so it "
+              f"continues your text as the start of a document.")
+    print("Ctrl-D or Ctrl-C ends the chat.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            continue
+        try:
+            if is_assistant:
+                # One exchange at a time: the quick model's 128-token context holds no more.
+                (text,), (ended,) = respond(model, tok, [line], args.max_new_tokens,
+                                            args.temperature, args.top_k, generator=generator)
+                print(f"model> {text}" + ("" if ended else " [no end of turn]"))
+            else:
+                ids = torch.tensor([tok.encode(line + "\n")])
+                out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k,
+                                     generator=generator)
+                print(f"model> ...{tok.decode(out[0, ids.size(1):].tolist())}")
+        except ValueError as err:  # e.g. a character the model's vocabulary lacks
+            print(f"error: {err}")
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
@@ -121,6 +194,37 @@ def main(argv: list[str] | None = None) -> None:
     pre.add_argument("--resume", action="store_true",
                      help="continue from the checkpoint if it exists")
     pre.set_defaults(run=pretrain_command)
+    fine = stages.add_parser(
+        "sft", help="finetune a base model into an assistant, then compare them on held-out "
+                    "prompts")
+    fine.add_argument("--profile", choices=["quick", "full"], default=None,
+                      help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+    fine.add_argument("--base", metavar="PATH",
+                      help="the base checkpoint (default: the base-model artifact, trained "
+                           "first if missing)")
+    fine.add_argument("--out", metavar="PATH",
+                      help="the checkpoint (default: the SFT artifact in MINILLM_HOME)")
+    fine.add_argument("--steps", type=_positive_int, default=None)
+    fine.add_argument("--batch-size", type=_positive_int, default=None)
+    fine.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    fine.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    fine.add_argument("--data-seed", type=int, default=0,
+                      help="the seed that makes the SFT examples and holds some out")
+    fine.add_argument("--eval-samples", type=int, default=4, metavar="N",
+                      help="answers per held-out prompt in the comparison (default 4; 0 skips it)")
+    fine.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                      help="steps between checkpoints (default 100; 0: only at the end)")
+    fine.add_argument("--resume", action="store_true",
+                      help="continue from the checkpoint if it exists")
+    fine.set_defaults(run=sft_command)
+    talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an SFT "
+                                          "model answers; a base model continues your text)")
+    talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'pretrain')")
+    talk.add_argument("--temperature", type=float, default=0.8)
+    talk.add_argument("--top-k", type=_positive_int, default=None)
+    talk.add_argument("--max-new-tokens", type=_positive_int, default=100)
+    talk.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    talk.set_defaults(run=chat_command)
     args = parser.parse_args(argv)
     try:
         args.run(args)

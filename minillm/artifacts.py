@@ -16,6 +16,7 @@ from minillm.checkpoint import Checkpoint, load_checkpoint
 from minillm.data import load_shakespeare
 from minillm.model import GPT, GPTConfig
 from minillm.settings import home_dir, pick_device, profile
+from minillm.sft import sft, sft_recipe
 from minillm.tokenizer import CharTokenizer, Tokenizer
 from minillm.train import TrainConfig, train
 
@@ -99,4 +100,27 @@ def base_model(profile_name: str | None = None) -> Checkpoint:
     path = base_model_path(profile_name)
     if not path.is_file():
         train_base_model(profile_name)
+    return load_checkpoint(path, device=pick_device())
+
+
+# ---- lesson 04: the finetuned assistant ----------------------------------------------------
+
+def sft_model_path(profile_name: str | None = None) -> Path:
+    return home_dir() / f"sft-char-{profile_name or profile()}.pt"
+
+
+def train_sft_model(profile_name: str | None = None, **overrides):
+    """Finetune lesson 02's base model with the profile's SFT recipe and save the result as the
+    lesson 04 artifact. Returns (model, history); ``overrides`` replace TrainConfig fields."""
+    run = replace(sft_recipe(profile_name),
+                  **{"checkpoint_path": sft_model_path(profile_name), **overrides})
+    return sft(base_model(profile_name), run)
+
+
+def sft_model(profile_name: str | None = None) -> Checkpoint:
+    """Lesson 04's finetuned assistant (with its tokenizer), made first if missing (and the base
+    model before it, if that is missing too)."""
+    path = sft_model_path(profile_name)
+    if not path.is_file():
+        train_sft_model(profile_name)
     return load_checkpoint(path, device=pick_device())
