@@ -5,7 +5,8 @@ Modules, in the order the lessons use them: ``data`` (the tiny Shakespeare corpu
 engine), ``checkpoint`` (saving and loading models), ``shards`` (token streams on disk),
 ``artifacts`` (what each lesson leaves for the next), ``reference`` (is my loss normal?),
 ``chat`` (the chat template and batched answers), ``sft`` (supervised finetuning: its data,
-training and metrics), ``grade`` (the exercise grader), ``settings`` (profiles, devices and
+training and metrics), ``reward`` (the simulated labeler, comparisons and the reward model),
+``grade`` (the exercise grader), ``settings`` (profiles, devices and
 the artifact folder).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -105,6 +106,63 @@ def sft_command(args: argparse.Namespace) -> None:
                                          args.eval_samples, progress=False))
             print(f"{name:<6}{m['on_topic']:>10.0%}{m['ended']:>12.0%}"
                   f"{m['mean_length']:>10.0f} ch")
+
+
+def reward_command(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from minillm import artifacts
+    from minillm.checkpoint import load_checkpoint
+    from minillm.reward import (
+        WEIGHTS,
+        evaluate,
+        feature_accuracy,
+        make_preference_data,
+        reward_recipe,
+        train_reward_model,
+    )
+
+    sampling, run = reward_recipe(args.profile)
+    out = Path(args.out or artifacts.reward_model_path(args.profile))
+    changes = {"samples_per_prompt": args.samples_per_prompt, "agreement": args.agreement,
+               "seed": args.data_seed}
+    if args.sft is None and all(v is None for v in changes.values()):
+        data = artifacts.preference_data(args.profile)  # the lesson's comparisons, cached
+    else:  # other answers or labels: new comparisons, kept next to the checkpoint
+        sampling = replace(sampling, **{k: v for k, v in changes.items() if v is not None})
+        assistant = load_checkpoint(args.sft) if args.sft else artifacts.sft_model(args.profile)
+        data = make_preference_data(assistant.model, assistant.tokenizer, sampling)
+        data.save(out.with_suffix(".preferences.json"))
+    print(f"{data}: the labels side with the gold reward on "
+          f"{data.train.agreement_with_gold():.1%} of the training pairs")
+    init = load_checkpoint(args.init) if args.init else artifacts.base_model(args.profile)
+    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+               "device": args.device}
+    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
+    run = replace(run, checkpoint_path=out, log_path=out.with_suffix(".jsonl"),
+                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
+                  **{k: v for k, v in changes.items() if v is not None})
+    print(f"Training a reward model from {args.init or artifacts.base_model_path(args.profile)}")
+    model, history = train_reward_model(init, data, run)
+    last = next(r for r in reversed(history) if "val_loss" in r)
+    print(f"step {last['step']}: held-out loss {last['val_loss']:.4f}; checkpoint {out}")
+
+    m = evaluate(model, init.tokenizer, data.held_out)
+    print(f"Held-out: n={m['n_pairs']} pairs of {m['n_responses']} answers to "
+          f"{m['n_prompts']} prompts (standard errors clustered by prompt)")
+    print(f"  accuracy against the labels  {m['label_accuracy']:.3f} ± "
+          f"{m['label_accuracy_se']:.3f}  (the labels' own agreement with gold: "
+          f"{data.held_out.agreement_with_gold():.3f})")
+    print(f"  accuracy against gold        {m['gold_accuracy']:.3f} ± "
+          f"{m['gold_accuracy_se']:.3f}")
+    print(f"  Spearman(score, gold)        {m['spearman']:.3f}")
+    print("Pairs that differ in one quality only (0.5 is chance):")
+    print(f"  {'quality':<12}{'weight':>7}{'pairs':>7}  accuracy")
+    for name, f in feature_accuracy(data.held_out, m["scores"]).items():
+        accuracy = "-" if f["n"] == 0 else f"{f['accuracy']:.3f}" + (
+            f" ± {f['se']:.3f}" if math.isfinite(f["se"]) else "")
+        print(f"  {name:<12}{WEIGHTS[name]:>7.1f}{f['n']:>7}  {accuracy}")
 
 
 def chat_command(args: argparse.Namespace) -> None:
@@ -217,6 +275,34 @@ def main(argv: list[str] | None = None) -> None:
     fine.add_argument("--resume", action="store_true",
                       help="continue from the checkpoint if it exists")
     fine.set_defaults(run=sft_command)
+    rm = stages.add_parser(
+        "reward", help="compare the SFT model's answers with the simulated labeler, train a "
+                       "reward model on the comparisons and measure it on held-out prompts")
+    rm.add_argument("--profile", choices=["quick", "full"], default=None,
+                    help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+    rm.add_argument("--sft", metavar="PATH",
+                    help="the assistant whose answers are compared (default: the SFT artifact; "
+                         "with the defaults the artifact's comparisons are reused)")
+    rm.add_argument("--init", metavar="PATH",
+                    help="the checkpoint the backbone starts from (default: the base model)")
+    rm.add_argument("--out", metavar="PATH",
+                    help="the checkpoint (default: the reward-model artifact in MINILLM_HOME)")
+    rm.add_argument("--samples-per-prompt", type=_positive_int, default=None, metavar="K",
+                    help="answers per prompt, all pairs compared (default 32 in quick)")
+    rm.add_argument("--agreement", type=float, default=None, metavar="P",
+                    help="the labeler's chance of siding with the gold reward (default 0.8)")
+    rm.add_argument("--data-seed", type=int, default=None,
+                    help="the seed of the answers and labels (default 0)")
+    rm.add_argument("--steps", type=_positive_int, default=None)
+    rm.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="prompts per step, each with all its answers")
+    rm.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    rm.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    rm.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                    help="steps between checkpoints (default 100; 0: only at the end)")
+    rm.add_argument("--resume", action="store_true",
+                    help="continue from the checkpoint if it exists")
+    rm.set_defaults(run=reward_command)
     talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an SFT "
                                           "model answers; a base model continues your text)")
     talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'pretrain')")

@@ -15,6 +15,13 @@ import torch
 from minillm.checkpoint import Checkpoint, load_checkpoint
 from minillm.data import load_shakespeare
 from minillm.model import GPT, GPTConfig
+from minillm.reward import (
+    PreferenceData,
+    load_reward_model,
+    make_preference_data,
+    reward_recipe,
+    train_reward_model,
+)
 from minillm.settings import home_dir, pick_device, profile
 from minillm.sft import sft, sft_recipe
 from minillm.tokenizer import CharTokenizer, Tokenizer
@@ -124,3 +131,46 @@ def sft_model(profile_name: str | None = None) -> Checkpoint:
     if not path.is_file():
         train_sft_model(profile_name)
     return load_checkpoint(path, device=pick_device())
+
+
+# ---- lesson 05: the reward model -----------------------------------------------------------
+
+def preference_data_path(profile_name: str | None = None) -> Path:
+    return home_dir() / f"preferences-char-{profile_name or profile()}.json"
+
+
+def preference_data(profile_name: str | None = None) -> PreferenceData:
+    """Lesson 05's comparisons: answers of the SFT model, labeled pair by pair by the simulated
+    labeler; made first if missing (and the SFT model before them, if that is missing too)."""
+    path = preference_data_path(profile_name)
+    if path.is_file():
+        return PreferenceData.load(path)
+    assistant = sft_model(profile_name)
+    data = make_preference_data(assistant.model, assistant.tokenizer,
+                                reward_recipe(profile_name)[0])
+    data.save(path)
+    return data
+
+
+def reward_model_path(profile_name: str | None = None) -> Path:
+    return home_dir() / f"reward-char-{profile_name or profile()}.pt"
+
+
+def make_reward_model(profile_name: str | None = None, **overrides):
+    """Train a reward model on lesson 05's comparisons with the profile's recipe, its backbone
+    starting from the base model, and save it as the lesson 05 artifact.
+
+    Returns (model, history); ``overrides`` replace TrainConfig fields.
+    """
+    run = replace(reward_recipe(profile_name)[1],
+                  **{"checkpoint_path": reward_model_path(profile_name), **overrides})
+    return train_reward_model(base_model(profile_name), preference_data(profile_name), run)
+
+
+def reward_model(profile_name: str | None = None) -> Checkpoint:
+    """Lesson 05's reward model (with its tokenizer), made first if missing (and the comparisons,
+    the SFT model and the base model before it, if they are missing too)."""
+    path = reward_model_path(profile_name)
+    if not path.is_file():
+        make_reward_model(profile_name)
+    return load_reward_model(path, device=pick_device())

@@ -68,9 +68,13 @@ def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
         torch.save(payload, f)
 
 
-def load_checkpoint(path, device: str = "cpu") -> Checkpoint:
+def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
     """Read a file written by ``save_checkpoint``: the model (in eval mode, on ``device``), the
-    tokenizer (or None) and the rest of the saved state."""
+    tokenizer (or None) and the rest of the saved state.
+
+    ``model_class`` is what the weights are loaded into: a GPT, or another module built from a
+    GPTConfig, such as ``minillm.reward.RewardModel`` (a GPT with a reward head).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
@@ -88,7 +92,13 @@ def load_checkpoint(path, device: str = "cpu") -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a minillm checkpoint (it has no {FORMAT!r} marker).")
 
-    model = GPT(GPTConfig(**payload["model_config"]))
+    model = model_class(GPTConfig(**payload["model_config"]))
+    if set(payload["model"]) != set(model.state_dict()):  # e.g. a reward model read as a GPT
+        reward = payload.get("stage") == "reward"
+        raise ValueError(f"{path} holds {'a reward' if reward else 'a language'} model, whose "
+                         f"weights do not fit a {model_class.__name__}"
+                         + (" (load it with minillm.reward.load_reward_model)." if reward
+                            else "."))
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     tokenizer = None if payload["tokenizer"] is None else from_json(payload["tokenizer"])
