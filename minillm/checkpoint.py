@@ -106,6 +106,20 @@ def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
     return Checkpoint(model, tokenizer, state)
 
 
+def model_and_tokenizer(source, tokenizer, missing: str):
+    """(model, tokenizer) from a GPT, a ``Checkpoint`` or a checkpoint's path: a checkpoint
+    brings its tokenizer (unless one is passed), a bare model needs ``tokenizer``, else
+    ``missing`` (e.g. "sft() needs the tokenizer") starts the error."""
+    if isinstance(source, str | Path):
+        source = load_checkpoint(source)
+    if isinstance(source, Checkpoint):
+        tokenizer = tokenizer or source.tokenizer
+        source = source.model
+    if tokenizer is None:
+        raise ValueError(f"{missing}: pass tokenizer=..., or a checkpoint that holds one.")
+    return source, tokenizer
+
+
 def _check_plain(value, where: str) -> None:
     """Raise a TypeError naming the first value inside ``value`` that weights_only cannot load."""
     if isinstance(value, torch.Tensor) or type(value) in _PLAIN_VALUES:

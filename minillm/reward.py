@@ -43,7 +43,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minillm.chat import END, chat_ids, prompt_ids
-from minillm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minillm.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    model_and_tokenizer,
+    save_checkpoint,
+)
 from minillm.data import load_shakespeare
 from minillm.files import atomic_write
 from minillm.model import GPT, GPTConfig
@@ -459,14 +464,8 @@ def train_reward_model(init, data: PreferenceData, config: TrainConfig | None = 
     ``config.checkpoint_path`` the model is saved (and resumable) like any training run, marked
     ``stage="reward"``; ``load_reward_model`` reads it back.
     """
-    if isinstance(init, str | Path):
-        init = load_checkpoint(init)
-    if isinstance(init, Checkpoint):
-        tokenizer = tokenizer or init.tokenizer
-        init = init.model
-    if tokenizer is None:
-        raise ValueError("train_reward_model() needs the tokenizer: pass tokenizer=..., or a "
-                         "checkpoint that holds one.")
+    init, tokenizer = model_and_tokenizer(init, tokenizer,
+                                          "train_reward_model() needs the tokenizer")
     config = config or reward_recipe()[1]
     model = RewardModel.from_gpt(copy.deepcopy(init))
     history = train(model, PreferenceDataset(data.train, tokenizer),

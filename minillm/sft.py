@@ -31,13 +31,12 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from minillm.chat import render, respond
-from minillm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minillm.checkpoint import load_checkpoint, model_and_tokenizer, save_checkpoint
 from minillm.data import load_shakespeare
 from minillm.model import GPT, IGNORE_INDEX
 from minillm.settings import profile
@@ -238,14 +237,7 @@ def sft(base, config: TrainConfig | None = None, data: SFTData | None = None,
     ``config.checkpoint_path`` the result is saved (and resumable) like any training run, and
     marked ``stage="sft"`` so that ``python -m minillm chat`` knows it is an assistant.
     """
-    if isinstance(base, str | Path):
-        base = load_checkpoint(base)
-    if isinstance(base, Checkpoint):
-        tokenizer = tokenizer or base.tokenizer
-        base = base.model
-    if tokenizer is None:
-        raise ValueError("sft() needs the base model's tokenizer: pass tokenizer=..., or a "
-                         "checkpoint that holds one.")
+    base, tokenizer = model_and_tokenizer(base, tokenizer, "sft() needs the base model's tokenizer")
     config = config or sft_recipe()
     data = data or make_sft_data()
     model = copy.deepcopy(base)
