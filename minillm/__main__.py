@@ -165,6 +165,58 @@ def reward_command(args: argparse.Namespace) -> None:
         print(f"  {name:<12}{WEIGHTS[name]:>7.1f}{f['n']:>7}  {accuracy}")
 
 
+def rlhf_command(args: argparse.Namespace) -> None:
+    import random
+    from dataclasses import replace
+
+    from minillm import artifacts, rlhf
+    from minillm.checkpoint import load_checkpoint
+    from minillm.reward import preference_prompts
+
+    assistant = load_checkpoint(args.sft) if args.sft else artifacts.sft_model(args.profile)
+    reward = artifacts.reward_model(args.profile).model
+    config = rlhf.rlhf_recipe(args.method, args.profile)
+    changes = {"steps": args.steps, "lr": args.lr, "device": args.device, "seed": args.seed}
+    if args.kl_coef is not None:
+        changes["kl_coef" if args.method == "ppo" else "beta"] = args.kl_coef
+    out = Path(args.out or artifacts.rlhf_policy_path(args.method, args.profile))
+    config = replace(config, log_path=out.with_suffix(".jsonl"),
+                     **{k: v for k, v in changes.items() if v is not None})
+    print(f"{args.method.upper()} from {args.sft or artifacts.sft_model_path(args.profile)}: "
+          f"{config}")
+    if args.method == "ppo":
+        policy, history, _ = rlhf.ppo(assistant, reward, config)
+    else:
+        policy, history = rlhf.dpo(assistant, artifacts.preference_data(args.profile).train,
+                                   config)
+    rlhf.save_policy(out, policy, assistant.tokenizer, args.method, history)
+    print(f"checkpoint {out}; history {config.log_path}")
+    if args.eval_samples > 0:
+        train_prompts, held_out = preference_prompts()
+        rng = random.Random(0)
+        sft_answers = rlhf.rollout(assistant.model, assistant.tokenizer,
+                                   [rng.choice(train_prompts) for _ in range(256)])
+        scale = rlhf.reward_scale(reward, assistant.tokenizer, sft_answers.responses)
+        rows = {name: rlhf.evaluate_policy(model, assistant.model, reward, scale,
+                                           assistant.tokenizer, held_out, args.eval_samples)
+                for name, model in (("sft", assistant.model), (args.method, policy))}
+        gold = rlhf.compare_policies(rows[args.method], rows["sft"])
+        proxy = rlhf.compare_policies(rows[args.method], rows["sft"], "proxy")
+        kl = sum(r["kl"] for r in rows[args.method]) / len(rows[args.method])
+        print(f"Held-out: {gold['prompts']} prompts x {args.eval_samples} answers "
+              f"(temperature 1; standard errors paired by prompt)")
+        print(f"  gold reward   sft {gold_mean(rows['sft']):.3f}  {args.method} "
+              f"{gold_mean(rows[args.method]):.3f}  gain {gold['gain']:+.3f} ± {gold['se']:.3f}"
+              f" ({gold['z']:.1f} SE)")
+        print(f"  proxy reward  gain {proxy['gain']:+.3f} ± {proxy['se']:.3f} RM standard "
+              f"deviations")
+        print(f"  KL to the SFT model {kl:.2f} nats per answer")
+
+
+def gold_mean(rows: list[dict]) -> float:
+    return sum(r["gold"] for r in rows) / len(rows)
+
+
 def chat_command(args: argparse.Namespace) -> None:
     from minillm.chat import respond
     from minillm.checkpoint import load_checkpoint
@@ -303,6 +355,25 @@ def main(argv: list[str] | None = None) -> None:
     rm.add_argument("--resume", action="store_true",
                     help="continue from the checkpoint if it exists")
     rm.set_defaults(run=reward_command)
+    rl = stages.add_parser(
+        "rlhf", help="tune the SFT model with PPO against the reward model, or with DPO on the "
+                     "comparisons, then compare it with the SFT model on held-out prompts")
+    rl.add_argument("--method", choices=["ppo", "dpo"], default="ppo")
+    rl.add_argument("--profile", choices=["quick", "full"], default=None,
+                    help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+    rl.add_argument("--sft", metavar="PATH",
+                    help="the policy to start from and stay near (default: the SFT artifact)")
+    rl.add_argument("--out", metavar="PATH",
+                    help="the checkpoint (default: the method's artifact in MINILLM_HOME)")
+    rl.add_argument("--steps", type=_positive_int, default=None)
+    rl.add_argument("--lr", type=float, default=None)
+    rl.add_argument("--kl-coef", type=float, default=None, metavar="BETA",
+                    help="PPO's KL coefficient (RM standard deviations per nat) or DPO's beta")
+    rl.add_argument("--seed", type=int, default=None)
+    rl.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    rl.add_argument("--eval-samples", type=int, default=8, metavar="N",
+                    help="answers per held-out prompt in the comparison (default 8; 0 skips it)")
+    rl.set_defaults(run=rlhf_command)
     talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an SFT "
                                           "model answers; a base model continues your text)")
     talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'pretrain')")

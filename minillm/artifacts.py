@@ -22,6 +22,7 @@ from minillm.reward import (
     reward_recipe,
     train_reward_model,
 )
+from minillm.rlhf import dpo, ppo, rlhf_recipe, save_policy
 from minillm.settings import home_dir, pick_device, profile
 from minillm.sft import sft, sft_recipe
 from minillm.tokenizer import CharTokenizer, Tokenizer
@@ -174,3 +175,35 @@ def reward_model(profile_name: str | None = None) -> Checkpoint:
     if not path.is_file():
         make_reward_model(profile_name)
     return load_reward_model(path, device=pick_device())
+
+
+# ---- lesson 06: the RLHF-tuned assistants ---------------------------------------------------
+
+def rlhf_policy_path(method: str, profile_name: str | None = None) -> Path:
+    return home_dir() / f"{method}-char-{profile_name or profile()}.pt"
+
+
+def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
+    """Tune lesson 04's SFT model with the profile's ``method`` recipe and save it as a lesson 06
+    artifact: "ppo" against lesson 05's reward model, "dpo" on lesson 05's training comparisons.
+
+    Returns (policy, history); ``overrides`` replace fields of the PPOConfig or DPOConfig.
+    """
+    config = replace(rlhf_recipe(method, profile_name), **overrides)
+    assistant = sft_model(profile_name)
+    if method == "ppo":
+        policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
+    else:
+        policy, history = dpo(assistant, preference_data(profile_name).train, config)
+    save_policy(rlhf_policy_path(method, profile_name), policy, assistant.tokenizer, method,
+                history)
+    return policy, history
+
+
+def rlhf_policy(method: str, profile_name: str | None = None) -> Checkpoint:
+    """Lesson 06's PPO or DPO assistant (with its tokenizer), made first if missing (and what it
+    needs before it, if that is missing too)."""
+    path = rlhf_policy_path(method, profile_name)
+    if not path.is_file():
+        make_rlhf_policy(method, profile_name)
+    return load_checkpoint(path, device=pick_device())

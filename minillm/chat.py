@@ -80,22 +80,22 @@ def as_conversation(prompt) -> list[dict]:
 
 
 @torch.no_grad()
-def respond(model, tokenizer, prompts: list, max_new_tokens: int = 100,
-            temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-            generator: torch.Generator | None = None) -> tuple[list[str], list[bool]]:
-    """The model's answers to a batch of prompts, generated together: (texts, ended).
+def sample_answers(model, tokenizer, prompts: list, max_new_tokens: int = 100,
+                   temperature: float = 0.8, top_k: int | None = None,
+                   top_p: float | None = None, generator: torch.Generator | None = None,
+                   ) -> tuple[list[list[int]], list[list[int]]]:
+    """Sample an answer to each prompt, all in one batch: (prompt ids, answer ids) per prompt.
 
     Each prompt is a user message (a string) or a conversation ending with a user message.
     The prompts are left-padded to one length, and the attention mask hides the padding, so
     every answer is the one that prompt would get alone (exactly so under greedy decoding,
-    ``temperature=0``). An answer stops at the first special token; ``ended[i]`` says whether
-    that was ``<|end|>``, i.e. whether the model closed its turn itself. An answer is at most
+    ``temperature=0``). An answer stops at the first special token, which it keeps as its last
+    id (``<|end|>`` when the model closed its turn itself). An answer is at most
     ``max_new_tokens`` long, and shorter if its prompt would otherwise outgrow the model's
     context (block_size).
     """
     if not prompts:
         return [], []
-    end = chat_ids(tokenizer)[END]
     stops = set(tokenizer.special_tokens.values())  # a new turn or a new document ends one too
     rows = [prompt_ids(as_conversation(p), tokenizer) for p in prompts]
     block = model.config.block_size
@@ -105,7 +105,7 @@ def respond(model, tokenizer, prompts: list, max_new_tokens: int = 100,
         raise ValueError(f"A prompt of {max(map(len, rows))} tokens leaves no room for an answer "
                          f"in the model's context of {block} tokens; shorten it.")
     width = max(map(len, rows))
-    pad = end  # any id will do: padding is masked out and never attended to
+    pad = chat_ids(tokenizer)[END]  # any id will do: padding is masked out, never attended to
     idx = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     device = next(model.parameters()).device
@@ -113,10 +113,30 @@ def respond(model, tokenizer, prompts: list, max_new_tokens: int = 100,
     out = model.generate(idx.to(device), max(budgets), temperature=temperature, top_k=top_k,
                          top_p=top_p, stop=stops, attention_mask=mask.to(device),
                          generator=generator)
-    texts, ended = [], []
+    answers = []
     for new, budget in zip(out[:, width:].tolist(), budgets):
         new = new[:budget]
-        length = next((k for k, t in enumerate(new) if t in stops), len(new))
-        texts.append(tokenizer.decode(new[:length]))
-        ended.append(length < len(new) and new[length] == end)
+        length = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+        answers.append(new[:length])
+    return rows, answers
+
+
+def respond(model, tokenizer, prompts: list, max_new_tokens: int = 100,
+            temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
+            generator: torch.Generator | None = None) -> tuple[list[str], list[bool]]:
+    """The model's answers to a batch of prompts, generated together: (texts, ended).
+
+    ``sample_answers`` does the sampling; ``ended[i]`` says whether answer i stopped at
+    ``<|end|>``, i.e. whether the model closed its turn itself. The text leaves out the special
+    token that ended it.
+    """
+    end = chat_ids(tokenizer)[END]
+    stops = set(tokenizer.special_tokens.values())
+    _, answers = sample_answers(model, tokenizer, prompts, max_new_tokens, temperature, top_k,
+                                top_p, generator)
+    texts, ended = [], []
+    for answer in answers:
+        stopped = bool(answer) and answer[-1] in stops
+        texts.append(tokenizer.decode(answer[:-1] if stopped else answer))
+        ended.append(stopped and answer[-1] == end)
     return texts, ended
