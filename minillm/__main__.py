@@ -135,7 +135,7 @@ def reward_command(args: argparse.Namespace) -> None:
         data.save(out.with_suffix(".preferences.json"))
     print(f"{data}: the labels side with the gold reward on "
           f"{data.train.agreement_with_gold():.1%} of the training pairs")
-    init = load_checkpoint(args.init) if args.init else artifacts.base_model(args.profile)
+    init = load_checkpoint(args.init) if args.init else artifacts.sft_model(args.profile)
     changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                "device": args.device}
     if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
@@ -143,7 +143,7 @@ def reward_command(args: argparse.Namespace) -> None:
     run = replace(run, checkpoint_path=out, log_path=out.with_suffix(".jsonl"),
                   checkpoint_interval=args.checkpoint_every, resume=args.resume,
                   **{k: v for k, v in changes.items() if v is not None})
-    print(f"Training a reward model from {args.init or artifacts.base_model_path(args.profile)}")
+    print(f"Training a reward model from {args.init or artifacts.sft_model_path(args.profile)}")
     model, history = train_reward_model(init, data, run)
     last = next(r for r in reversed(history) if "val_loss" in r)
     print(f"step {last['step']}: held-out loss {last['val_loss']:.4f}; checkpoint {out}")
@@ -166,12 +166,10 @@ def reward_command(args: argparse.Namespace) -> None:
 
 
 def rlhf_command(args: argparse.Namespace) -> None:
-    import random
     from dataclasses import replace
 
     from minillm import artifacts, rlhf
     from minillm.checkpoint import load_checkpoint
-    from minillm.reward import preference_prompts
 
     assistant = load_checkpoint(args.sft) if args.sft else artifacts.sft_model(args.profile)
     reward = artifacts.reward_model(args.profile).model
@@ -192,29 +190,21 @@ def rlhf_command(args: argparse.Namespace) -> None:
     rlhf.save_policy(out, policy, assistant.tokenizer, args.method, history)
     print(f"checkpoint {out}; history {config.log_path}")
     if args.eval_samples > 0:
-        train_prompts, held_out = preference_prompts()
-        rng = random.Random(0)
-        sft_answers = rlhf.rollout(assistant.model, assistant.tokenizer,
-                                   [rng.choice(train_prompts) for _ in range(256)])
-        scale = rlhf.reward_scale(reward, assistant.tokenizer, sft_answers.responses)
-        rows = {name: rlhf.evaluate_policy(model, assistant.model, reward, scale,
-                                           assistant.tokenizer, held_out, args.eval_samples)
-                for name, model in (("sft", assistant.model), (args.method, policy))}
-        gold = rlhf.compare_policies(rows[args.method], rows["sft"])
-        proxy = rlhf.compare_policies(rows[args.method], rows["sft"], "proxy")
-        kl = sum(r["kl"] for r in rows[args.method]) / len(rows[args.method])
-        print(f"Held-out: {gold['prompts']} prompts x {args.eval_samples} answers "
+        m = rlhf.compare_with_sft(policy, rlhf.sft_reference(assistant, reward,
+                                                             args.eval_samples))
+        print(f"Held-out: {m['prompts']} prompts x {args.eval_samples} answers "
               f"(temperature 1; standard errors paired by prompt)")
-        print(f"  gold reward   sft {gold_mean(rows['sft']):.3f}  {args.method} "
-              f"{gold_mean(rows[args.method]):.3f}  gain {gold['gain']:+.3f} ± {gold['se']:.3f}"
-              f" ({gold['z']:.1f} SE)")
-        print(f"  proxy reward  gain {proxy['gain']:+.3f} ± {proxy['se']:.3f} RM standard "
-              f"deviations")
-        print(f"  KL to the SFT model {kl:.2f} nats per answer")
+        print(f"  gold reward   sft {m['sft_gold']:.3f}  {args.method} {m['gold']:.3f}  gain "
+              f"{m['gold_gain']:+.3f} ± {m['gold_gain_se']:.3f} ({m['gold_z']:.1f} SE)")
+        print(f"  proxy reward  gain {m['proxy_gain']:+.3f} ± {m['proxy_gain_se']:.3f} RM "
+              f"standard deviations")
+        print(f"  KL to the SFT model {m['kl']:.2f} nats per answer")
 
 
-def gold_mean(rows: list[dict]) -> float:
-    return sum(r["gold"] for r in rows) / len(rows)
+def pipeline_command(args: argparse.Namespace) -> None:
+    from minillm.pipeline import run_pipeline
+
+    run_pipeline(args.profile, args.force or ())
 
 
 def chat_command(args: argparse.Namespace) -> None:
@@ -336,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="the assistant whose answers are compared (default: the SFT artifact; "
                          "with the defaults the artifact's comparisons are reused)")
     rm.add_argument("--init", metavar="PATH",
-                    help="the checkpoint the backbone starts from (default: the base model)")
+                    help="the checkpoint the backbone starts from (default: the SFT model)")
     rm.add_argument("--out", metavar="PATH",
                     help="the checkpoint (default: the reward-model artifact in MINILLM_HOME)")
     rm.add_argument("--samples-per-prompt", type=_positive_int, default=None, metavar="K",
@@ -374,6 +364,17 @@ def main(argv: list[str] | None = None) -> None:
     rl.add_argument("--eval-samples", type=int, default=8, metavar="N",
                     help="answers per held-out prompt in the comparison (default 8; 0 skips it)")
     rl.set_defaults(run=rlhf_command)
+    pipe = stages.add_parser(
+        "pipeline", help="every stage in order (tokenizer, pretrain, sft, reward, ppo, dpo), "
+                         "skipping those whose artifacts exist, then a table of key metrics, a "
+                         "figure and a JSON summary in MINILLM_HOME")
+    pipe.add_argument("--profile", choices=["quick", "full"], default=None,
+                      help="the recipes' sizes (default: quick on a CPU, full on a GPU)")
+    pipe.add_argument("--force", action="append", metavar="STAGE",
+                      choices=["tokenizer", "pretrain", "sft", "reward", "ppo", "dpo"],
+                      help="redo this stage and those made from it, even if their artifacts "
+                           "exist (repeatable)")
+    pipe.set_defaults(run=pipeline_command)
     talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an SFT "
                                           "model answers; a base model continues your text)")
     talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'pretrain')")

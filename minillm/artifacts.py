@@ -159,13 +159,13 @@ def reward_model_path(profile_name: str | None = None) -> Path:
 
 def make_reward_model(profile_name: str | None = None, **overrides):
     """Train a reward model on lesson 05's comparisons with the profile's recipe, its backbone
-    starting from the base model, and save it as the lesson 05 artifact.
+    starting from the SFT model (see ``reward_recipe``), and save it as the lesson 05 artifact.
 
     Returns (model, history); ``overrides`` replace TrainConfig fields.
     """
     run = replace(reward_recipe(profile_name)[1],
                   **{"checkpoint_path": reward_model_path(profile_name), **overrides})
-    return train_reward_model(base_model(profile_name), preference_data(profile_name), run)
+    return train_reward_model(sft_model(profile_name), preference_data(profile_name), run)
 
 
 def reward_model(profile_name: str | None = None) -> Checkpoint:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from minillm.chat import END, chat_ids, sample_answers
-from minillm.checkpoint import model_and_tokenizer, save_checkpoint
+from minillm.checkpoint import Checkpoint, model_and_tokenizer, save_checkpoint
 from minillm.model import GPT
 from minillm.reward import (
     Comparisons,
@@ -302,6 +302,62 @@ def compare_policies(rows: list[dict], baseline: list[dict], key: str = "gold") 
     se = clustered_se(diffs, list(ours))
     return {"gain": gain, "se": se, "z": gain / se if se > 0 else float("inf"),
             "prompts": len(diffs), "answers": len(rows)}
+
+
+@dataclass
+class SFTReference:
+    """What a tuned policy is compared with (``compare_with_sft``): the SFT model (with its
+    tokenizer), the reward model, the RM's scale on the SFT model's answers to training
+    prompts, and the SFT model's answers to the held-out prompts (``evaluate_policy`` rows)."""
+
+    assistant: Checkpoint
+    reward_model: RewardModel
+    scale: RewardScale
+    rows: list[dict]
+    samples: int
+    seed: int
+
+
+def sft_reference(assistant: Checkpoint, reward_model: RewardModel, samples: int = 8,
+                  seed: int = 0, scale_answers: int = 256) -> SFTReference:
+    """Measure the SFT model as every tuned policy will be measured (``compare_with_sft``).
+
+    The RM's scores are put in units of its standard deviation over ``scale_answers`` answers
+    of the SFT model to training prompts (``reward_scale``); then the SFT model answers each
+    held-out prompt of ``preference_prompts`` ``samples`` times (temperature 1).
+    """
+    model, tok = assistant.model, assistant.tokenizer
+    train_prompts, held_out = preference_prompts()
+    rng = random.Random(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    answers = rollout(model, tok, [rng.choice(train_prompts) for _ in range(scale_answers)],
+                      generator=generator)
+    scale = reward_scale(reward_model, tok, answers.responses)
+    rows = evaluate_policy(model, model, reward_model, scale, tok, held_out, samples, seed)
+    return SFTReference(assistant, reward_model, scale, rows, samples, seed)
+
+
+def compare_with_sft(policy: GPT, reference: SFTReference) -> dict:
+    """A tuned policy against the SFT model on the held-out prompts (same samples and seed):
+    mean gold reward of each, the policy's gain in gold and in proxy (RM) reward with standard
+    errors paired by prompt, and its KL to the SFT model (nats per answer)."""
+    tok = reference.assistant.tokenizer
+    rows = evaluate_policy(policy, reference.assistant.model, reference.reward_model,
+                           reference.scale, tok, preference_prompts()[1], reference.samples,
+                           reference.seed)
+    gold = compare_policies(rows, reference.rows)
+    proxy = compare_policies(rows, reference.rows, "proxy")
+
+    def mean_and_se(rs):
+        values = [r["gold"] for r in rs]
+        return sum(values) / len(values), clustered_se(values, [r["prompt"] for r in rs])
+
+    (policy_gold, policy_se), (sft_gold, sft_se) = mean_and_se(rows), mean_and_se(reference.rows)
+    return {"gold": policy_gold, "gold_se": policy_se, "sft_gold": sft_gold, "sft_gold_se": sft_se,
+            "gold_gain": gold["gain"], "gold_gain_se": gold["se"], "gold_z": gold["z"],
+            "proxy_gain": proxy["gain"], "proxy_gain_se": proxy["se"],
+            "kl": sum(r["kl"] for r in rows) / len(rows),
+            "prompts": gold["prompts"], "answers": gold["answers"]}
 
 
 class Monitor:

@@ -5,7 +5,6 @@ SFT model on gold reward on held-out prompts."""
 
 import math
 import os
-import random
 import subprocess
 import sys
 import warnings
@@ -221,24 +220,11 @@ def test_lesson_policies_beat_the_sft_model_on_gold_reward_on_held_out_prompts()
     """The required outcome of lesson 06, on the artifacts it leaves (made here if missing):
     each tuned policy's mean gold reward over 72 held-out prompts x 8 answers beats the SFT
     model's by at least 4 standard errors (paired by prompt)."""
-    assistant = artifacts.sft_model()
-    reward = artifacts.reward_model().model
-    train_prompts, held_out = preference_prompts()
-    rng = random.Random(0)
-    sft_answers = rlhf.rollout(assistant.model, assistant.tokenizer,
-                               [rng.choice(train_prompts) for _ in range(256)])
-    scale = rlhf.reward_scale(reward, assistant.tokenizer, sft_answers.responses)
-
-    def answers(model):
-        return rlhf.evaluate_policy(model, assistant.model, reward, scale, assistant.tokenizer,
-                                    held_out, samples=8, seed=1)
-
-    baseline = answers(assistant.model)
+    reference = rlhf.sft_reference(artifacts.sft_model(), artifacts.reward_model().model,
+                                   samples=8, seed=1)
     for method in ("ppo", "dpo"):
-        rows = answers(artifacts.rlhf_policy(method).model)
-        gold = rlhf.compare_policies(rows, baseline)
-        kl = sum(r["kl"] for r in rows) / len(rows)
-        print(f"{method}: gold {gold['gain']:+.3f} ± {gold['se']:.3f} ({gold['z']:.1f} SE, "
-              f"{gold['prompts']} prompts, {gold['answers']} answers), KL {kl:.2f}")
-        assert gold["prompts"] == 72 and gold["answers"] == 576
-        assert gold["z"] >= 4, f"{method} gains {gold['gain']:+.3f} ± {gold['se']:.3f}"
+        m = rlhf.compare_with_sft(artifacts.rlhf_policy(method).model, reference)
+        print(f"{method}: gold {m['gold_gain']:+.3f} ± {m['gold_gain_se']:.3f} ({m['gold_z']:.1f} "
+              f"SE, {m['prompts']} prompts, {m['answers']} answers), KL {m['kl']:.2f}")
+        assert m["prompts"] == 72 and m["answers"] == 576
+        assert m["gold_z"] >= 4, f"{method} gains {m['gold_gain']:+.3f} ± {m['gold_gain_se']:.3f}"
