@@ -429,10 +429,10 @@ def reward_recipe(profile_name: str | None = None) -> tuple[PreferenceConfig, Tr
     answers come from. With the base and SFT models that the lessons make on a fresh machine
     (base val loss 1.755, SFT on topic 49%), the RM orders 0.721 ± 0.006 of the held-out pairs
     as the gold reward does when it starts from the SFT model, but only 0.700 from the base
-    model (0.703 with 700 steps). With an earlier base and SFT model (val 1.750, on topic 40%),
-    the base start gave 0.736-0.740 and the SFT start 0.723-0.736 (three data seeds; n ~34,600
-    pairs of 72 prompts, standard error 0.007). The SFT start is the one that clears 0.70 on
-    both.
+    model (0.703 with 700 steps). With another base and SFT model (val 1.750, on topic 40%;
+    the ones lesson 05 was executed with), the base start gave 0.736-0.740 (three data seeds)
+    and the SFT start 0.723-0.744 (n ~34,600 pairs of 72 prompts, standard error 0.007). The
+    SFT start is the one that clears 0.70 on both.
     The alternatives were measured on this CPU with a first version of the labeler (whose
     repetition penalty was a share of the words), mostly on one fixed set of 8,381 held-out
     pairs (standard error ~0.011), where this recipe scored 0.737-0.743:
