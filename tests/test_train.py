@@ -347,16 +347,23 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
                 "--nproc_per_node", "2"]
     # No dropout: each process draws its own masks, so only the dropout-free runs can agree.
     common = ["--steps", "20", "--batch-size", "4", "--dropout", "0"]
-    subprocess.run([*torchrun, TINY_RUN, tmp_path / "ddp", *common], check=True, timeout=300)
+    for attempt in ("ddp", "ddp-again"):
+        result = subprocess.run([*torchrun, TINY_RUN, tmp_path / attempt, *common],
+                                capture_output=True, text=True, timeout=300)
+        # Once in CI a gloo worker aborted at teardown ("terminate called without an active
+        # exception") on a busy machine; that crash gets one more try, any other failure none.
+        if result.returncode == 0 or "terminate called" not in result.stderr:
+            break
+    assert result.returncode == 0, result.stderr[-3000:]
     subprocess.run([sys.executable, TINY_RUN, tmp_path / "one", *common, "--accum", "2"],
                    check=True, timeout=300)
-    ddp = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    ddp = [json.loads(x) for x in (tmp_path / attempt / "log.jsonl").read_text().splitlines()]
     one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in ddp] == [r["step"] for r in one]
     for a, b in zip(ddp, one, strict=True):
         for key in ("train_loss", "val_loss"):
             assert a.get(key, 0) == pytest.approx(b.get(key, 0), abs=1e-4)
-    assert_same_weights(torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)["model"],
+    assert_same_weights(torch.load(tmp_path / attempt / "model.pt", weights_only=True)["model"],
                         torch.load(tmp_path / "one" / "model.pt", weights_only=True)["model"],
                         atol=1e-4)
 
