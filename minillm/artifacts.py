@@ -3,6 +3,11 @@
 Every lesson starts by asking this module for what the previous lesson produced; when it is
 missing (a learner starting at lesson 04, or a fresh CI machine), it is made here, with the
 same code and sizes the earlier lesson uses, and cached for next time.
+
+The ``train_*``/``make_*`` functions a lesson calls to make its own artifact train afresh,
+unless ``MINILLM_REUSE=1`` is set, the artifact exists and the recipe is not overridden: then
+a run of the training engine resumes from its checkpoint (a finished run trains no further
+step), and a PPO or DPO policy is loaded, each with the history saved with it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from minillm.reward import (
     train_reward_model,
 )
 from minillm.rlhf import dpo, ppo, rlhf_recipe, save_policy
-from minillm.settings import home_dir, pick_device, profile
+from minillm.settings import home_dir, pick_device, profile, reuse_artifacts
 from minillm.sft import sft, sft_recipe
 from minillm.tokenizer import CharTokenizer, Tokenizer
 from minillm.train import TrainConfig, train
@@ -54,6 +59,21 @@ def shakespeare_tokenizer(vocab_size: int | None = None) -> Tokenizer:
 def char_tokenizer() -> CharTokenizer:
     """The corpus's 65 characters plus the course's special tokens (ids 65-68)."""
     return CharTokenizer.train(load_shakespeare(), special_tokens=SPECIAL_TOKENS)
+
+
+def reusing(path: Path, overrides: dict) -> bool:
+    """Whether to reuse the saved run at ``path`` rather than train afresh (module docstring)."""
+    if reuse_artifacts() and not overrides and path.is_file():
+        print(f"MINILLM_REUSE=1: reusing {path} instead of training afresh")
+        return True
+    return False
+
+
+def _engine_run(recipe: TrainConfig, path: Path, overrides: dict) -> TrainConfig:
+    """The recipe with ``overrides``, checkpointing to ``path`` (and resuming from it if
+    ``reusing``)."""
+    return replace(recipe, **{"checkpoint_path": path, "resume": reusing(path, overrides),
+                              **overrides})
 
 
 def shakespeare_splits(tokenizer, val_fraction: float = 0.1):
@@ -93,8 +113,8 @@ def train_base_model(profile_name: str | None = None, **overrides):
 
     Returns (model, history). ``overrides`` replace TrainConfig fields (e.g. ``seed``).
     """
-    model_config, run = base_recipe(profile_name)
-    run = replace(run, **{"checkpoint_path": base_model_path(profile_name), **overrides})
+    model_config, recipe = base_recipe(profile_name)
+    run = _engine_run(recipe, base_model_path(profile_name), overrides)
     tok = char_tokenizer()
     train_ids, val_ids = shakespeare_splits(tok)
     torch.manual_seed(run.seed)
@@ -120,8 +140,7 @@ def sft_model_path(profile_name: str | None = None) -> Path:
 def train_sft_model(profile_name: str | None = None, **overrides):
     """Finetune lesson 02's base model with the profile's SFT recipe and save the result as the
     lesson 04 artifact. Returns (model, history); ``overrides`` replace TrainConfig fields."""
-    run = replace(sft_recipe(profile_name),
-                  **{"checkpoint_path": sft_model_path(profile_name), **overrides})
+    run = _engine_run(sft_recipe(profile_name), sft_model_path(profile_name), overrides)
     return sft(base_model(profile_name), run)
 
 
@@ -163,8 +182,7 @@ def make_reward_model(profile_name: str | None = None, **overrides):
 
     Returns (model, history); ``overrides`` replace TrainConfig fields.
     """
-    run = replace(reward_recipe(profile_name)[1],
-                  **{"checkpoint_path": reward_model_path(profile_name), **overrides})
+    run = _engine_run(reward_recipe(profile_name)[1], reward_model_path(profile_name), overrides)
     return train_reward_model(sft_model(profile_name), preference_data(profile_name), run)
 
 
@@ -188,15 +206,19 @@ def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
     artifact: "ppo" against lesson 05's reward model, "dpo" on lesson 05's training comparisons.
 
     Returns (policy, history); ``overrides`` replace fields of the PPOConfig or DPOConfig.
+    With ``MINILLM_REUSE=1`` a saved policy is loaded instead, with its history.
     """
+    path = rlhf_policy_path(method, profile_name)
+    if reusing(path, overrides):
+        saved = load_checkpoint(path, device=pick_device())
+        return saved.model, saved.state["history"]
     config = replace(rlhf_recipe(method, profile_name), **overrides)
     assistant = sft_model(profile_name)
     if method == "ppo":
         policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
     else:
         policy, history = dpo(assistant, preference_data(profile_name).train, config)
-    save_policy(rlhf_policy_path(method, profile_name), policy, assistant.tokenizer, method,
-                history)
+    save_policy(path, policy, assistant.tokenizer, method, history)
     return policy, history
 
 

@@ -6,6 +6,13 @@ Two environment variables steer every lesson and command:
   Default: ``$XDG_CACHE_HOME/minillm``, i.e. ``~/.cache/minillm`` on most systems.
 - ``MINILLM_PROFILE``: ``quick`` (sizes that run in minutes on a laptop CPU) or ``full``
   (sizes meant for a GPU). Default: ``full`` when a CUDA GPU is present, else ``quick``.
+
+and a third lets a lesson be re-run without paying for its training again:
+
+- ``MINILLM_REUSE=1``: a lesson's training cell picks up the run it saved before in
+  ``MINILLM_HOME`` (see ``minillm.artifacts``) instead of training afresh. A finished run
+  trains no further step and returns its saved history, so the plots are the same; an
+  interrupted one continues where it stopped. Default: off, every training cell trains.
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ def profile() -> str:
     if name not in PROFILES:
         raise ValueError(f"MINILLM_PROFILE must be one of {PROFILES}, not {name!r}.")
     return name
+
+
+def reuse_artifacts() -> bool:
+    """Whether ``MINILLM_REUSE`` asks the lessons' training cells to reuse saved runs."""
+    value = os.environ.get("MINILLM_REUSE", "").strip().lower()
+    if value not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise ValueError(f"MINILLM_REUSE must be 1 or 0, not {value!r}.")
+    return value in ("1", "true", "yes")
 
 
 def pick_device(device: str = "auto") -> str:

@@ -3,12 +3,16 @@
 A JupyterLab server starts on 127.0.0.1 (a token set here, temporary config, data, runtime and
 settings folders, so nothing of the user's set-up leaks in), and Chromium, driven by Playwright,
 opens each lesson, clears it, runs all cells and waits for the kernel to finish. The test then
-checks that every code cell ran, in order, that no cell shows an error, that every widget
-rendered, and, for the lessons listed in ``WIDGET_CHECKS``, that the widgets respond to input.
+checks that every code cell ran, in order, that no cell shows an error (a traceback; warnings
+and progress bars on stderr are fine) and no widget failed to render, and, for the lessons listed
+in ``WIDGET_CHECKS``, that their widgets rendered and respond to input.
 
 The kernel inherits this process's environment (``MINILLM_HOME``, ``MINILLM_DATA_DIR``, ...)
-and runs ``sys.executable``, like nbval's ``--nbval-current-env``. The browser is the system's
-Chromium (Debian's ``chromium`` package; ``.ci/run`` installs it): Playwright downloads nothing.
+and runs ``sys.executable``, like nbval's ``--nbval-current-env``. It also gets
+``MINILLM_REUSE=1``: in CI the nbval run has just trained every lesson's models into the same
+``MINILLM_HOME``, so each lesson's training cell resumes the finished run instead of paying for
+it again, and the test checks that it said so. The browser is the system's Chromium (Debian's
+``chromium`` package; ``.ci/run`` installs it): Playwright downloads nothing.
 
 Environment:
 - ``MINILLM_SCREENSHOTS``: where to keep the screenshots (default: a folder under pytest's
@@ -16,6 +20,7 @@ Environment:
 - ``MINILLM_BROWSER_LESSONS``: lesson numbers to run, e.g. ``01,04`` (default: all).
 - ``MINILLM_BROWSER_TIMEOUT``: seconds one lesson may take to run (default 1800).
 - ``MINILLM_CHROMIUM``: the browser executable (default: ``chromium`` on the PATH).
+- ``MINILLM_REUSE=0``: train every lesson's models again in the browser (default: reuse).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +47,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb"))
 LESSON_TIMEOUT = float(os.environ.get("MINILLM_BROWSER_TIMEOUT", 1800))
+REUSE = os.environ.get("MINILLM_REUSE", "1").strip().lower() not in ("0", "false", "no")
 UI_TIMEOUT = 60_000  # ms: for the page, the kernel's start and a widget's answer
 
 # An error output shows a traceback: IPython's header line, or a line that starts with the
@@ -76,6 +83,15 @@ def write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def stop_with_parent() -> None:
+    """On Linux, have the OS send the server SIGTERM (it then stops its kernels too) if
+    pytest dies without cleaning up, e.g. killed by a timeout."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Lab:
     """A JupyterLab server of this repository, for one test session."""
 
@@ -101,6 +117,7 @@ class Lab:
             (self.work / folder).mkdir(parents=True, exist_ok=True)
         # First on Jupyter's search path: a python3 kernel that runs this very interpreter.
         env["JUPYTER_PATH"] = str(self.work / "data")
+        env["MINILLM_REUSE"] = "1" if REUSE else "0"  # see the module docstring
         return env
 
     def configure(self) -> None:
@@ -132,7 +149,7 @@ class Lab:
                      f"--FileCheckpoints.checkpoint_dir={self.work / 'checkpoints'}",
                      "--LabApp.expose_app_in_browser=True"],
                     env=env, cwd=self.work, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL)
+                    stdin=subprocess.DEVNULL, preexec_fn=stop_with_parent)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and self.process.poll() is None:
                 try:
@@ -270,7 +287,8 @@ CELLS = js("""
         const outputs = [];
         for (let i = 0; cell.outputs && i < cell.outputs.length; i++) {
             const o = cell.outputs.get(i).toJSON();
-            outputs.push({type: o.output_type, ename: o.ename ?? null, evalue: o.evalue ?? null});
+            outputs.push({type: o.output_type, ename: o.ename ?? null, evalue: o.evalue ?? null,
+                          text: o.output_type === 'stream' ? [].concat(o.text).join('') : ''});
         }
         const timing = cell.getMetadata('execution') ?? {};  // kept by recordTiming
         const seconds = (Date.parse(timing['shell.execute_reply'])
@@ -297,7 +315,7 @@ def run_all(page, path: str) -> dict:
         state = page.evaluate(RUN_STATE, path)
         if state["settled"] and state["kernel"] == "idle" and state["pending"] == 0:
             return state
-        if state["kernel"] in ("dead", "none"):
+        if state["kernel"] in ("dead", "autorestarting", "none"):
             raise AssertionError(f"the kernel died while running {path}: {state}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not finish within {LESSON_TIMEOUT:.0f} s; "
@@ -438,7 +456,7 @@ def check_sampling_playground(page, shot) -> None:
     prompt = "ROMEO:\nWhat light"
     text = sample(box, button, output, prompt)
     generated = len(text) - len(prompt)
-    assert 10 <= generated <= 20, f"asked for 20 characters, got {generated}: {text!r}"
+    assert 0 < generated <= 20, f"asked for 20 characters, got {generated}: {text!r}"
     shot(box, "sampling-playground-after")
 
     # Greedy sampling is deterministic: another prompt, then the first again, gives the same text.
@@ -487,14 +505,89 @@ def check_chat_box(page, shot) -> None:
     shot(box, "chat-box-after")
 
 
+def check_score_box(page, shot) -> None:
+    """Lesson 05: the reward model scores an answer typed for the chosen prompt, by the button
+    and by Enter, and says why when it cannot read one."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_role("button", name="score", exact=True)
+    box = widget_box(page, button)
+    verdict, answer = box.locator(".widget-output"), box.locator("input[type='text']")
+    expect(verdict).to_contain_text("My love, my love", timeout=UI_TIMEOUT)
+    scored = verdict.inner_text().count("RM score")
+    assert scored == 2, f"expected the two examples' scores:\n{verdict.inner_text()}"
+    shot(box, "score-box-before")
+
+    box.locator("select").select_option(label="Speak of crown.")
+    for text, send in (("The crown is heavy upon my head.", button.click),
+                       ("Crown, crown, crown, crown.", lambda: answer.press("Enter"))):
+        answer.fill(text)
+        send()
+        expect(verdict).to_contain_text(f"Speak of crown. -> {text!r}", timeout=UI_TIMEOUT)
+        scored += 1
+        poll(lambda n=scored: verdict.inner_text().count("RM score") == n,
+             lambda n=scored: f"expected {n} scores:\n{verdict.inner_text()}")
+        expect(answer).to_have_value("", timeout=UI_TIMEOUT)
+
+    answer.fill("A crown ☺")
+    button.click()
+    expect(verdict).to_contain_text("Speak of crown. -> 'A crown ☺': (", timeout=UI_TIMEOUT)
+    assert verdict.inner_text().count("RM score") == scored
+    no_traceback(verdict)
+    shot(box, "score-box-after")
+
+
+def check_ask_all_three(page, shot) -> None:
+    """Lesson 06: one prompt, answered and scored by the SFT, PPO and DPO assistants."""
+    button = page.get_by_role("button", name="ask all three", exact=True)
+    box = widget_box(page, button)
+    answers = box.locator(".widget-output")
+    answered = re.compile(r"SFT: gold .*\nPPO: gold .*\nDPO: gold .*")
+
+    def three_answers() -> str | None:
+        text = answers.inner_text().strip()
+        return text if answered.fullmatch(text) else None
+
+    poll(three_answers, lambda: f"not three answers:\n{answers.inner_text()}")
+    before = three_answers()
+    shot(box, "ask-all-three-before")
+
+    box.locator("input[type='text']").fill("Tell me of love.")
+    box.locator("select").select_option(label="love")
+    button.click()
+    poll(lambda: three_answers() not in (None, before),
+         lambda: f"no new answers; the output shows:\n{answers.inner_text()}")
+    no_traceback(answers)
+    shot(box, "ask-all-three-after")
+
+
 WIDGET_CHECKS = {  # lesson number -> the check of its interactive widgets
     "01": check_merge_slider,
     "02": check_sampling_playground,
     "04": check_chat_box,
+    "05": check_score_box,
+    "06": check_ask_all_three,
 }
 
 
 # ---- the test ------------------------------------------------------------------------------
+
+def own_artifacts(number: str) -> list[Path]:
+    """The artifacts a lesson's own training cells make (lessons 01 and 03 make none)."""
+    from minillm import artifacts
+
+    return {"02": [artifacts.base_model_path()], "04": [artifacts.sft_model_path()],
+            "05": [artifacts.reward_model_path()],
+            "06": [artifacts.rlhf_policy_path("ppo"), artifacts.rlhf_policy_path("dpo")],
+            }.get(number, [])
+
+
+def check_reused(cells: list[dict], paths: list[Path]) -> None:
+    """Each artifact in ``paths`` was reused, as the lesson's output says, not trained again."""
+    said = "".join(o["text"] for c in cells for o in c["outputs"])
+    trained = [str(path) for path in paths if f"reusing {path} instead" not in said]
+    assert not trained, f"trained again instead of reusing what exists: {trained}"
+
 
 def selected(lesson: Path) -> bool:
     chosen = os.environ.get("MINILLM_BROWSER_LESSONS", "").replace(",", " ").split()
@@ -541,6 +634,7 @@ def test_lesson_in_browser(lesson, lab, browser, screenshots):
         # Not resolved: a virtual environment's python is a link to the base interpreter.
         assert executable == sys.executable, f"the kernel runs {executable}, not {sys.executable}"
 
+        reusable = [p for p in own_artifacts(number) if p.is_file()] if REUSE else []
         start = time.monotonic()
         state = run_all(page, path)
         seconds = time.monotonic() - start
@@ -548,6 +642,7 @@ def test_lesson_in_browser(lesson, lab, browser, screenshots):
         cells = check_outputs(page, path)
         print(f"{lesson.name}: all cells ran in {seconds:.0f} s; slowest: {slowest(cells)}")
         assert state["result"] is True, f"Run All reported {state['result']!r}"
+        check_reused(cells, reusable)
 
         if number in WIDGET_CHECKS:
             WIDGET_CHECKS[number](page, shot)

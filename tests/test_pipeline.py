@@ -11,20 +11,10 @@ import pytest
 
 import minillm.__main__ as cli
 from minillm import artifacts, pipeline
-from minillm.model import GPTConfig
 from minillm.pipeline import STAGES, StageResult
-from minillm.reward import PreferenceConfig
-from minillm.rlhf import DPOConfig, PPOConfig
 from minillm.settings import profile
-from minillm.train import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINILLM_HOME", str(tmp_path))
-    return tmp_path
 
 
 # ----------------------------------------------------------------------------- redo and skip
@@ -195,41 +185,6 @@ def test_the_command_reports_errors_in_one_sentence(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- end to end, tiny
-
-@pytest.fixture
-def tiny_recipes(home, monkeypatch):
-    """Every stage's recipe shrunk to seconds: a 1-layer model, a few steps each."""
-    def base_recipe(profile_name=None):
-        model = GPTConfig(vocab_size=artifacts.char_tokenizer().vocab_size, block_size=128,
-                          n_layer=1, n_head=2, n_embd=32, bias=False)
-        return model, TrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_interval=2,
-                                  eval_batches=1, progress=False)
-
-    def sft_recipe(profile_name=None):
-        return TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2,
-                           eval_batches=1, progress=False)
-
-    def reward_recipe(profile_name=None):
-        return PreferenceConfig(samples_per_prompt=2), TrainConfig(
-            max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2, eval_batches=1,
-            progress=False)
-
-    def rlhf_recipe(method, profile_name=None):
-        if method == "ppo":
-            return PPOConfig(steps=1, prompts_per_step=2, samples_per_prompt=2,
-                             max_new_tokens=20, progress=False)
-        return DPOConfig(steps=2, batch_size=4, eval_interval=0, progress=False)
-
-    monkeypatch.setitem(artifacts.TOKENIZER_VOCAB, "quick", 260)
-    monkeypatch.setattr(artifacts, "base_recipe", base_recipe)
-    monkeypatch.setattr(artifacts, "sft_recipe", sft_recipe)
-    monkeypatch.setattr(artifacts, "reward_recipe", reward_recipe)
-    monkeypatch.setattr(artifacts, "rlhf_recipe", rlhf_recipe)
-    monkeypatch.setattr(pipeline, "SFT_SAMPLES", 1)
-    monkeypatch.setattr(pipeline, "RLHF_SAMPLES", 1)
-    monkeypatch.setattr(pipeline, "SCALE_ANSWERS", 16)
-    return home
-
 
 @pytest.mark.slow
 def test_the_pipeline_makes_every_artifact_then_reuses_them(tiny_recipes, capsys):

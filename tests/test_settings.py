@@ -40,3 +40,19 @@ def test_pick_device_rejects_what_is_missing(monkeypatch):
     with pytest.raises(ValueError, match="Unknown device"):
         settings.pick_device("tpu")
     assert settings.pick_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("value, reuse", [(None, False), ("", False), ("0", False),
+                                          ("no", False), ("1", True), (" Yes ", True)])
+def test_reuse_is_off_unless_asked_for(monkeypatch, value, reuse):
+    if value is None:
+        monkeypatch.delenv("MINILLM_REUSE", raising=False)
+    else:
+        monkeypatch.setenv("MINILLM_REUSE", value)
+    assert settings.reuse_artifacts() is reuse
+
+
+def test_a_reuse_value_that_is_not_a_yes_or_no_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("MINILLM_REUSE", "maybe")
+    with pytest.raises(ValueError, match=r"^MINILLM_REUSE must be 1 or 0, not 'maybe'\.$"):
+        settings.reuse_artifacts()
