@@ -678,15 +678,20 @@ def rlhf_recipe(method: str, profile_name: str | None = None) -> PPOConfig | DPO
     """The profile's PPO or DPO run.
 
     quick (about a minute each on a 2-core CPU). Measured against the SFT model on the 72
-    held-out prompts x 8 answers at temperature 1 (gold gain, paired standard errors, KL):
+    held-out prompts x 8 answers at temperature 1 (gold gain, paired standard errors, KL), with
+    the models of lesson 06's committed run (reward model started from the SFT model):
 
-    - PPO, 60 steps of 64 answers at lr 1e-4, KL coefficient 0.3: +0.314 (12.8 SE), KL 2.0
-      (seed 0) and +0.325 (11.4 SE), KL 2.3 (seed 1). 100 steps at lr 3e-5: +0.295 (11.4 SE),
-      KL 1.3, in twice the time. The same run with the KL coefficient at 0 hacks the RM:
-      proxy +2.4 standard deviations, gold -0.08 (-2.4 SE), KL 70, answers such as
-      "I   hear  hear  hear.".
-    - DPO, 200 steps of 32 pairs at lr 5e-5, beta 0.1: +0.340 (11.3 SE), KL 3.3. 300 steps at
+    - PPO, 60 steps of 64 answers at lr 1e-4, KL coefficient 0.3: +0.331 (14.9 SE), KL 1.8.
+      With the earlier reward model (started from the base): +0.314 (12.8 SE), KL 2.0 (seed 0)
+      and +0.325 (11.4 SE), KL 2.3 (seed 1); 100 steps at lr 3e-5: +0.295 (11.4 SE), KL 1.3,
+      in twice the time. The same run with the KL coefficient at 0 hacks the RM: proxy +3.3
+      standard deviations, gold -1.43 (-27.8 SE), KL 93, answers such as
+      "I hon hon honou hone hon honour." (with the earlier RM: -0.08, "I   hear  hear  hear.").
+    - DPO, 200 steps of 32 pairs at lr 5e-5, beta 0.1: +0.342 (11.3 SE), KL 3.3. 300 steps at
       lr 3e-5: +0.261 (9.3 SE), KL 2.1.
+
+    On the models the lessons make on a fresh machine (as in CI), measured by
+    ``python -m minillm pipeline``: PPO +0.358 (14.0 SE), KL 1.8; DPO +0.293 (10.1 SE), KL 2.8.
 
     full: longer runs for the nanoGPT-sized models on a GPU (not tuned).
     """
