@@ -176,13 +176,13 @@ def rlhf_command(args: argparse.Namespace) -> None:
     config = rlhf.rlhf_recipe(args.method, args.profile)
     changes = {"steps": args.steps, "lr": args.lr, "device": args.device, "seed": args.seed}
     if args.kl_coef is not None:
-        changes["kl_coef" if args.method == "ppo" else "beta"] = args.kl_coef
+        changes["beta" if args.method == "dpo" else "kl_coef"] = args.kl_coef
     out = Path(args.out or artifacts.rlhf_policy_path(args.method, args.profile))
     config = replace(config, log_path=out.with_suffix(".jsonl"),
                      **{k: v for k, v in changes.items() if v is not None})
     print(f"{args.method.upper()} from {args.sft or artifacts.sft_model_path(args.profile)}: "
           f"{config}")
-    if args.method == "ppo":
+    if args.method in ("ppo", "grpo"):
         policy, history, _ = rlhf.ppo(assistant, reward, config)
     else:
         policy, history = rlhf.dpo(assistant, artifacts.preference_data(args.profile).train,
@@ -346,9 +346,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="continue from the checkpoint if it exists")
     rm.set_defaults(run=reward_command)
     rl = stages.add_parser(
-        "rlhf", help="tune the SFT model with PPO against the reward model, or with DPO on the "
-                     "comparisons, then compare it with the SFT model on held-out prompts")
-    rl.add_argument("--method", choices=["ppo", "dpo"], default="ppo")
+        "rlhf", help="tune the SFT model with PPO or GRPO against the reward model, or with DPO "
+                     "on the comparisons, then compare it with the SFT model on held-out prompts")
+    rl.add_argument("--method", choices=["ppo", "grpo", "dpo"], default="ppo")
     rl.add_argument("--profile", choices=["quick", "full"], default=None,
                     help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
     rl.add_argument("--sft", metavar="PATH",
@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     rl.add_argument("--steps", type=_positive_int, default=None)
     rl.add_argument("--lr", type=float, default=None)
     rl.add_argument("--kl-coef", type=float, default=None, metavar="BETA",
-                    help="PPO's KL coefficient (RM standard deviations per nat) or DPO's beta")
+                    help="PPO's and GRPO's KL coefficient (RM standard deviations per nat) or "
+                         "DPO's beta")
     rl.add_argument("--seed", type=int, default=None)
     rl.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     rl.add_argument("--eval-samples", type=int, default=8, metavar="N",

@@ -203,7 +203,8 @@ def rlhf_policy_path(method: str, profile_name: str | None = None) -> Path:
 
 def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
     """Tune lesson 04's SFT model with the profile's ``method`` recipe and save it as a lesson 06
-    artifact: "ppo" against lesson 05's reward model, "dpo" on lesson 05's training comparisons.
+    artifact: "ppo" or "grpo" against lesson 05's reward model, "dpo" on lesson 05's training
+    comparisons.
 
     Returns (policy, history); ``overrides`` replace fields of the PPOConfig or DPOConfig.
     With ``MINILLM_REUSE=1`` a saved policy is loaded instead, with its history.
@@ -214,7 +215,7 @@ def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
         return saved.model, saved.state["history"]
     config = replace(rlhf_recipe(method, profile_name), **overrides)
     assistant = sft_model(profile_name)
-    if method == "ppo":
+    if method in ("ppo", "grpo"):
         policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
     else:
         policy, history = dpo(assistant, preference_data(profile_name).train, config)
@@ -223,8 +224,8 @@ def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
 
 
 def rlhf_policy(method: str, profile_name: str | None = None) -> Checkpoint:
-    """Lesson 06's PPO or DPO assistant (with its tokenizer), made first if missing (and what it
-    needs before it, if that is missing too)."""
+    """Lesson 06's PPO, GRPO or DPO assistant (with its tokenizer), made first if missing (and
+    what it needs before it, if that is missing too)."""
     path = rlhf_policy_path(method, profile_name)
     if not path.is_file():
         make_rlhf_policy(method, profile_name)

@@ -1,6 +1,6 @@
 """Tests of minillm.rlhf: rollouts and their layout, the log-probabilities read from them, the
-PPO and DPO loops on tiny models (what they log, that they warn when nothing can be learned),
-the paired comparison of policies, and (slow) that the lesson's PPO and DPO policies beat the
+PPO, GRPO and DPO loops on tiny models (what they log, that they warn when nothing can be learned),
+the paired comparison of policies, and (slow) that the PPO, GRPO and DPO policies beat the
 SFT model on gold reward on held-out prompts."""
 
 import math
@@ -120,6 +120,34 @@ def test_ppo_logs_every_step_and_moves_the_policy(tok):
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the SFT's
 
 
+def test_group_advantages_standardize_the_answers_to_each_prompt():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0, -1.0, 1.0, -1.0, 1.0])
+    got = rlhf.group_advantages(rewards, 4)
+    spread = math.sqrt(1.25)  # the population standard deviation of 1, 2, 3, 4
+    want = [-1.5 / spread, -0.5 / spread, 0.5 / spread, 1.5 / spread, 0, 0, 0, 0, -1, 1, -1, 1]
+    assert got.tolist() == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="12 rewards do not split into groups of 5"):
+        rlhf.group_advantages(rewards, 5)
+
+
+def test_grpo_tunes_the_policy_and_never_trains_the_value_head(tok):
+    config = rlhf.PPOConfig(steps=3, prompts_per_step=3, samples_per_prompt=4, max_new_tokens=8,
+                            lr=1e-3, advantages="group", value_coef=0.0, device="cpu",
+                            progress=False)
+    sft = tiny_gpt(tok)
+    policy, history, _ = rlhf.ppo(sft, tiny_reward_model(tok), config, tokenizer=tok,
+                                  prompts=PROMPTS)
+    assert [row["step"] for row in history] == [1, 2, 3]
+    assert all(math.isfinite(row["proxy"]) and math.isfinite(row["kl"]) for row in history)
+    # The zero-initialized head gets no gradient: its values, and so the value loss, stay 0.
+    assert all(row["value_loss"] == 0.0 for row in history)
+    assert any(not torch.equal(a, b) for a, b in zip(sft.state_dict().values(),
+                                                     policy.state_dict().values()))
+    with pytest.raises(ValueError, match="'gae' or 'group', not 'vtrace'"):
+        rlhf.ppo(sft, tiny_reward_model(tok), rlhf.PPOConfig(advantages="vtrace"),
+                 tokenizer=tok, prompts=PROMPTS)
+
+
 def test_ppo_refuses_a_reward_model_that_scores_everything_alike(tok):
     untrained = RewardModel.from_gpt(tiny_gpt(tok, 1))  # its head starts at zero
     config = rlhf.PPOConfig(steps=1, prompts_per_step=3, samples_per_prompt=2, max_new_tokens=6,
@@ -172,10 +200,18 @@ def test_dpo_that_cannot_learn_warns(tok):
 
 
 def test_recipes_name_their_method():
-    assert isinstance(rlhf.rlhf_recipe("ppo", "quick"), rlhf.PPOConfig)
+    ppo = rlhf.rlhf_recipe("ppo", "quick")
+    assert isinstance(ppo, rlhf.PPOConfig) and ppo.advantages == "gae"
     assert isinstance(rlhf.rlhf_recipe("dpo", "full"), rlhf.DPOConfig)
-    with pytest.raises(ValueError, match="'ppo' or 'dpo'"):
-        rlhf.rlhf_recipe("grpo")
+    for name in ("quick", "full"):
+        grpo, ppo = rlhf.rlhf_recipe("grpo", name), rlhf.rlhf_recipe("ppo", name)
+        assert grpo.advantages == "group" and grpo.value_coef == 0.0
+        # as many answers per step as PPO's, several to each prompt
+        assert grpo.prompts_per_step * grpo.samples_per_prompt == \
+            ppo.prompts_per_step * ppo.samples_per_prompt
+        assert grpo.samples_per_prompt >= 4
+    with pytest.raises(ValueError, match="'ppo', 'grpo' or 'dpo', not 'rloo'"):
+        rlhf.rlhf_recipe("rloo")
 
 
 def test_held_out_prompts_are_never_trained_on():
@@ -190,7 +226,7 @@ def run_cli(*args, home):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ppo", "dpo"])
+@pytest.mark.parametrize("method", ["ppo", "grpo", "dpo"])
 def test_rlhf_command_on_tiny_models(tok, tmp_path, method):
     home = tmp_path / "home"
     home.mkdir()
@@ -217,12 +253,12 @@ def test_rlhf_command_on_tiny_models(tok, tmp_path, method):
 
 @pytest.mark.slow
 def test_lesson_policies_beat_the_sft_model_on_gold_reward_on_held_out_prompts():
-    """The required outcome of lesson 06, on the artifacts it leaves (made here if missing):
-    each tuned policy's mean gold reward over 72 held-out prompts x 8 answers beats the SFT
-    model's by at least 4 standard errors (paired by prompt)."""
+    """The required outcome of lesson 06, on the artifacts it leaves (made here if missing, as
+    GRPO's always is): each tuned policy's mean gold reward over 72 held-out prompts x 8 answers
+    beats the SFT model's by at least 4 standard errors (paired by prompt)."""
     reference = rlhf.sft_reference(artifacts.sft_model(), artifacts.reward_model().model,
                                    samples=8, seed=1)
-    for method in ("ppo", "dpo"):
+    for method in ("ppo", "grpo", "dpo"):
         m = rlhf.compare_with_sft(artifacts.rlhf_policy(method).model, reference)
         print(f"{method}: gold {m['gold_gain']:+.3f} ± {m['gold_gain_se']:.3f} ({m['gold_z']:.1f} "
               f"SE, {m['prompts']} prompts, {m['answers']} answers), KL {m['kl']:.2f}")
