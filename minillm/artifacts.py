@@ -7,7 +7,7 @@ same code and sizes the earlier lesson uses, and cached for next time.
 The ``train_*``/``make_*`` functions a lesson calls to make its own artifact train afresh,
 unless ``MINILLM_REUSE=1`` is set, the artifact exists and the recipe is not overridden: then
 a run of the training engine resumes from its checkpoint (a finished run trains no further
-step), and a PPO or DPO policy is loaded, each with the history saved with it.
+step), and a PPO, GRPO or DPO policy is loaded, each with the history saved with it.
 """
 
 from __future__ import annotations
