@@ -47,12 +47,13 @@ def profile() -> str:
     return name
 
 
-def reuse_artifacts() -> bool:
-    """Whether ``MINILLM_REUSE`` asks the lessons' training cells to reuse saved runs."""
+def reuse_artifacts(default: bool = False) -> bool:
+    """Whether ``MINILLM_REUSE`` asks the lessons' training cells to reuse saved runs
+    (``default`` when it is unset or empty)."""
     value = os.environ.get("MINILLM_REUSE", "").strip().lower()
     if value not in ("", "0", "1", "false", "true", "no", "yes"):
         raise ValueError(f"MINILLM_REUSE must be 1 or 0, not {value!r}.")
-    return value in ("1", "true", "yes")
+    return default if not value else value in ("1", "true", "yes")
 
 
 def pick_device(device: str = "auto") -> str:

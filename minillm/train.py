@@ -341,6 +341,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     history: list[dict] = []
     if config.resume and config.checkpoint_path and Path(config.checkpoint_path).is_file():
         history = _restore(config.checkpoint_path, model, optimizer, batches, device)
+    restored_rows = len(history)
     stepper = _wrap(model, config, dist, device)
     dtype = autocast_dtype(device, config.dtype)
     tokens_per_step = config.batch_size * config.grad_accum_steps * dist.world_size * block_size
@@ -403,7 +404,8 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
         finally:
             model.train(was_training)
 
-    checkpoint()
+    if len(history) > restored_rows:  # a resumed run that had nothing left to do is saved as is
+        checkpoint()
     return history
 
 

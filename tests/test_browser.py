@@ -42,12 +42,14 @@ from pathlib import Path
 
 import pytest
 
+from minillm.settings import reuse_artifacts
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = sorted((REPO / "lessons").glob("[0-9][0-9]_*.ipynb"))
 LESSON_TIMEOUT = float(os.environ.get("MINILLM_BROWSER_TIMEOUT", 1800))
-REUSE = os.environ.get("MINILLM_REUSE", "1").strip().lower() not in ("0", "false", "no")
+REUSE = reuse_artifacts(default=True)
 UI_TIMEOUT = 60_000  # ms: for the page, the kernel's start and a widget's answer
 
 # An error output shows a traceback: IPython's header line, or a line that starts with the
