@@ -187,6 +187,15 @@ class Block(nn.Module):
 
 # ----------------------------------------------------------------------------- sampling
 
+def at_least_float32(logits):
+    """Half-precision (float16, bfloat16) logits as float32; float32 and float64 unchanged.
+
+    A softmax over a whole vocabulary, or a loss averaged over many tokens, loses too much in half
+    precision (bfloat16 keeps 8 significant bits); float64 stays float64, so gradcheck can work.
+    """
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def top_k_filter(logits, k: int):
     """Keep the k largest logits of each row (ties at the border included), set the rest to -inf."""
     if k < 1:
@@ -217,12 +226,12 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         raise ValueError(f"temperature must be >= 0, not {temperature}.")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    logits = at_least_float32(logits) / temperature  # before top_p's softmax and cumsum
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
-    probs = logits.float().softmax(dim=-1)
+    probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
@@ -358,7 +367,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.forward_hidden(idx, attention_mask))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+        loss = F.cross_entropy(at_least_float32(logits.flatten(0, 1)), targets.flatten(),
                                ignore_index=IGNORE_INDEX)
         return logits, loss
 

@@ -66,6 +66,26 @@ def test_ignored_targets_do_not_count():
                                                      targets[:, 5:].flatten()))
 
 
+def test_float64_model_gives_a_float64_loss_that_passes_gradcheck():
+    model = make_model().double()
+    idx, targets = torch.randint(0, V, (2, 2, 8))
+    assert model(idx, targets)[1].dtype == torch.float64
+
+    def loss_of(norm_weight):  # the final norm's 16 scales: few inputs keep gradcheck fast
+        return torch.func.functional_call(model, {"norm_f.weight": norm_weight},
+                                          (idx, targets))[1]
+
+    weight = model.norm_f.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss_of, (weight,))
+
+
+def test_bfloat16_logits_give_a_float32_loss():
+    model = make_model().to(torch.bfloat16)
+    idx, targets = torch.randint(0, V, (2, 2, 8))
+    logits, loss = model(idx, targets)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+
+
 def test_explicit_attention_matches_sdpa():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 4, 7, 8)
