@@ -383,38 +383,53 @@ class GPT(nn.Module):
                  attention_mask=None, use_cache=True, generator=None):
         """Extend each row of idx (B, T) by up to ``max_new_tokens`` sampled tokens: (B, T + n).
 
-        The context is the last block_size tokens: longer prompts are cropped, and generation
-        goes on past the block with a sliding window. ``stop`` is a token id or a collection of
-        ids: once a row samples one, it repeats that token in later columns, and generation ends
-        when every row has stopped, so trim each row after its first stop token.
-        ``attention_mask`` marks the padding of a padded prompt batch (left padding is usual).
-        Dropout is off while sampling. With ``use_cache=False`` every step reruns the whole
-        window: slower, same tokens.
+        ``stop`` is a token id or a collection of ids: once a row samples one, it repeats that
+        token in later columns, and generation ends when every row has stopped, so trim each row
+        after its first stop token. ``attention_mask`` marks the padding of a padded prompt batch
+        (left padding is usual). Dropout is off while sampling.
+
+        The model attends to a window idx[:, s:] of at most block_size tokens, with positions
+        counted from s (and the window's mask attention_mask[:, s:], sliced like the ids).
+        With ``use_cache=False`` every step runs the last block_size tokens: the reference, one
+        full forward per token. With the KV cache, sliding by one token per step would cost a
+        full forward per step too, since every cached key depends on the whole window (through
+        positions and earlier layers). So the window grows one cached token a step up to
+        block_size tokens, then restarts as the last block_size - slide tokens, where
+        slide = max(1, block_size // 4): one full forward every slide + 1 tokens. Exactly:
+        - first step, prompt of length P: s = max(0, P - block_size), and one forward over tokens
+          [s, P) fills the cache;
+        - each later step, sequence length n (the newest token is n - 1): if n - s <= block_size,
+          the newest token alone runs, against the cache; otherwise s = n - (block_size - slide)
+          and one forward over tokens [s, n) rebuilds the cache (with block_size 1, where that
+          window would be empty, s = n - 1).
+        Within the block (n <= block_size) both paths attend to the whole sequence and generate
+        the same tokens; past it the cached path sees between block_size - slide and block_size
+        tokens, the reference always block_size, so their tokens may differ.
         """
         self._check_tokens(idx)
         bs = self.config.block_size
+        slide = max(1, bs // 4)
+        keep = max(1, bs - slide)  # tokens in the window just after it slides
         stop_ids = None
         if stop is not None:
             stop_ids = torch.tensor([stop] if isinstance(stop, int) else sorted(stop),
                                     device=idx.device, dtype=idx.dtype)
         valid = None if attention_mask is None else attention_mask.bool()
         done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        cache = None
+        cache, s = None, 0  # the window is idx[:, s:]
         was_training = self.training
         self.eval()
         try:
             for _ in range(max_new_tokens):
-                if cache is not None and cache.length < bs:  # the cache holds all but the newest
+                n = idx.size(1)
+                if cache is not None and n - s <= bs:  # the cache holds the window but the newest
                     h = self.forward_hidden(idx[:, -1:], cache=cache)
-                else:
-                    # First step, no cache, or a full cache. The keys of every layer depend on the
-                    # whole window (through positions and earlier layers), so when the window
-                    # slides, the cache is rebuilt from the last block_size tokens: exactly what
-                    # the cache-free path computes.
-                    window_mask = None if valid is None else valid[:, -bs:]
+                else:  # first step, no cache, or the window outgrew the block
+                    s = max(0, n - bs) if cache is None else n - keep
+                    window_mask = None if valid is None else valid[:, s:]
                     cache = KVCache(self.config, idx.size(0), idx.device,
                                     self.lm_head.weight.dtype) if use_cache else None
-                    h = self.forward_hidden(idx[:, -bs:], window_mask, cache=cache)
+                    h = self.forward_hidden(idx[:, s:], window_mask, cache=cache)
                 next_id = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p,
                                       generator)
                 if stop_ids is not None:

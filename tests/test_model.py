@@ -127,16 +127,80 @@ def test_cached_steps_give_the_logits_of_a_full_forward(positions):
     torch.testing.assert_close(model.lm_head(torch.cat(steps, dim=1)), full)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-@pytest.mark.parametrize("prompt_len", [3, 12])  # the second is longer than block_size (8)
-def test_kv_cache_and_no_cache_greedy_tokens_agree_past_block_size(positions, prompt_len):
-    model = make_model(positions=positions)
-    prompt = torch.randint(0, V, (2, prompt_len))
-    with_cache = model.generate(prompt, 20, temperature=0)
-    without = model.generate(prompt, 20, temperature=0, use_cache=False)
-    assert with_cache.shape == (2, prompt_len + 20)
+# A random model with tied embeddings mostly repeats its last token whatever the context, so the
+# generation tests that compare contexts untie them.
+SWITCHES = [dict(tie_embeddings=False),
+            dict(tie_embeddings=False, positions="rotary", norm="rmsnorm", mlp="swiglu")]
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_kv_cache_and_no_cache_agree_within_the_block(switches):
+    model = make_model(**switches)
+    prompt = torch.randint(0, V, (2, 3))
+    greedy = model.generate(prompt, 6, temperature=0)  # the last step runs all 8 tokens
+    assert greedy.shape == (2, 9) and torch.equal(greedy[:, :3], prompt)
+    assert torch.equal(greedy, model.generate(prompt, 6, temperature=0, use_cache=False))
+    with_cache, without = (model.generate(prompt, 6, generator=torch.Generator().manual_seed(0),
+                                          use_cache=use_cache) for use_cache in (True, False))
     assert torch.equal(with_cache, without)
-    assert torch.equal(with_cache[:, :prompt_len], prompt)
+
+
+def sliding_window_reference(model, idx, max_new_tokens, attention_mask=None):
+    """Greedy tokens under the window policy of GPT.generate's docstring, from a forward without a
+    cache over each step's window idx[:, s:]."""
+    bs = model.config.block_size
+    slide = max(1, bs // 4)
+    s = max(0, idx.size(1) - bs)  # the first window: at most block_size prompt tokens
+    for _ in range(max_new_tokens):
+        n = idx.size(1)
+        if n - s > bs:
+            s = n - (bs - slide)
+        mask = None if attention_mask is None else attention_mask[:, s:]
+        logits, _ = model(idx[:, s:], attention_mask=mask)
+        idx = torch.cat((idx, logits[:, -1].argmax(dim=-1, keepdim=True)), dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat((attention_mask, torch.ones_like(idx[:, :1])), dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
+@pytest.mark.parametrize("prompt_len, pad", [(3, 0), (12, 0), (6, 3), (12, 5)])  # block_size 8
+def test_kv_cache_past_the_block_follows_the_sliding_window_policy(switches, prompt_len, pad):
+    model = make_model(**switches)
+    prompt = torch.randint(0, V, (2, prompt_len))
+    mask = None
+    if pad:  # row 0 is left-padded
+        mask = torch.ones_like(prompt)
+        mask[0, :pad] = 0
+    out = model.generate(prompt, 30, temperature=0, attention_mask=mask)
+    assert torch.equal(out, sliding_window_reference(model, prompt, 30, mask))
+
+
+def test_block_size_one_generates_from_the_newest_token_alone():
+    model = make_model(block_size=1, tie_embeddings=False)
+    prompt = torch.randint(0, V, (2, 3))
+    assert torch.equal(model.generate(prompt, 5, temperature=0),
+                       model.generate(prompt, 5, temperature=0, use_cache=False))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_kv_cache_past_the_block_is_rebuilt_every_slide_plus_one_tokens(monkeypatch, use_cache):
+    model = make_model()  # block_size 8, so slide = 2
+    lengths = []  # tokens run by each forward
+    forward_hidden = model.forward_hidden
+
+    def counted(idx, *args, **kwargs):
+        lengths.append(idx.size(1))
+        return forward_hidden(idx, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_hidden", counted)
+    model.generate(torch.randint(0, V, (1, 3)), 40, temperature=0, use_cache=use_cache)
+    if use_cache:
+        # The prompt, then one token a step until the window holds 8 tokens; from there on, a
+        # rebuild over the last 6 tokens every third step (at sequence lengths 9, 12, ..., 42).
+        assert lengths == [3] + [1] * 5 + [6, 1, 1] * 11 + [6]
+    else:  # the reference runs the whole window every step
+        assert lengths == [min(n, 8) for n in range(3, 43)]
 
 
 @pytest.mark.parametrize("positions, norm, mlp, tie, bias", list(itertools.product(
@@ -274,16 +338,21 @@ def test_padding_gives_finite_gradients():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_left_padded_batch_generates_what_each_prompt_does_alone(positions, use_cache):
-    model = make_model(positions=positions)
+@pytest.mark.parametrize("switches", SWITCHES)
+# Past the block the cached window slides at the same columns in every row, padding included, so
+# a padded row's windows differ from its prompt's alone: the cached case stays within the block.
+@pytest.mark.parametrize("use_cache, max_new_tokens", [(True, 4), (False, 12)])
+def test_left_padded_batch_generates_what_each_prompt_does_alone(switches, use_cache,
+                                                                 max_new_tokens):
+    model = make_model(**switches)
     short, long = torch.randint(0, V, (1, 2)), torch.randint(0, V, (1, 5))
     batch = torch.cat((torch.cat((torch.zeros(1, 3, dtype=torch.long), short), 1), long))
     mask = torch.tensor([[0, 0, 0, 1, 1], [1] * 5])
-    out = model.generate(batch, 12, temperature=0, attention_mask=mask, use_cache=use_cache)
-    assert torch.equal(out[0, 3:], model.generate(short, 12, temperature=0)[0])
-    assert torch.equal(out[1], model.generate(long, 12, temperature=0)[0])
+    out = model.generate(batch, max_new_tokens, temperature=0, attention_mask=mask,
+                         use_cache=use_cache)
+    alone = [model.generate(prompt, max_new_tokens, temperature=0, use_cache=use_cache)[0]
+             for prompt in (short, long)]
+    assert torch.equal(out[0, 3:], alone[0]) and torch.equal(out[1], alone[1])
 
 
 def test_tiny_model_overfits_a_tiny_batch():
