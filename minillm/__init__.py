@@ -1,13 +1,29 @@
 """minillm: the building blocks of the minillm course, from raw text to an RLHF-tuned assistant.
 
-Modules, in the order the lessons use them: ``data`` (the tiny Shakespeare corpus),
-``tokenizer`` (byte-level BPE and characters), ``model`` (the GPT), ``train`` (the training
-engine), ``checkpoint`` (saving and loading models), ``shards`` (token streams on disk),
-``artifacts`` (what each lesson leaves for the next), ``reference`` (is my loss normal?),
-``chat`` (the chat template and batched answers), ``sft`` (supervised finetuning: its data,
-training and metrics), ``reward`` (the simulated labeler, comparisons and the reward model),
-``grade`` (the exercise grader), ``settings`` (profiles, devices and
-the artifact folder).
+Every module, in the order the lessons use them; a module imports only those above it (and
+``settings``, ``files``, ``validate``, which everything may use):
+
+- ``tokenizer``: byte-level BPE and characters (lesson 01)
+- ``chat``: the chat template and batched answers (lesson 04)
+- ``data``: the tiny Shakespeare corpus, and the character tokenizer of lessons 02-06
+- ``model``: the GPT and its sampling (lesson 02)
+- ``display``: HTML views of tokens and attention for the lessons
+- ``checkpoint``: a model, its tokenizer and its stage in one file
+- ``train``: the training engine, and the one optimizer step every trainer takes (lesson 03)
+- ``shards``: token streams on disk (lesson 03)
+- ``world``: the simulated world: topics, SFT data, the gold reward, the noisy labeler
+- ``policy``: a model as a policy: sampling answers, log-probabilities, watching a run
+- ``sft``: supervised finetuning (lesson 04)
+- ``reward``: comparisons and the reward model (lesson 05)
+- ``evaluate``: standard errors, held-out comparisons of models and of reward models
+- ``ppo``: PPO and GRPO (lesson 06)
+- ``dpo``: DPO (lesson 06)
+- ``recipes``: every stage's settings for each profile, as data
+- ``artifacts``: what each lesson leaves for the next, made on demand
+- ``pipeline``: every stage in one command; ``reference``: is my loss normal?
+- ``grade``: the exercise grader; ``__main__``: the command line
+- ``settings``: profiles, devices and the artifact folder; ``files``: atomic writes;
+  ``validate``: the configs' checks
 """
 
 __version__ = "0.1.0"

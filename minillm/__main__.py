@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ def prepare_command(args: argparse.Namespace) -> None:
     # Check the folder before choosing the tokenizer: the default one may need training first.
     text_files(args.input_dir)
     if args.char:
-        from minillm.artifacts import char_tokenizer
+        from minillm.data import char_tokenizer
 
         tok = char_tokenizer()
     elif args.tokenizer:
@@ -38,14 +38,34 @@ def prepare_command(args: argparse.Namespace) -> None:
     print(summary)
 
 
-def pretrain_command(args: argparse.Namespace) -> None:
-    from dataclasses import replace
+def engine_run(recipe, args: argparse.Namespace, out: Path, **changes):
+    """The recipe's TrainConfig with the command line's changes, checkpointing to ``out`` (its
+    history next to it, as JSON lines)."""
+    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+               "device": args.device, **changes}
+    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
+        changes["warmup_steps"] = min(recipe.warmup_steps, args.steps // 10)
+    return replace(recipe, checkpoint_path=out, log_path=out.with_suffix(".jsonl"),
+                   checkpoint_interval=args.checkpoint_every, resume=args.resume,
+                   **{k: v for k, v in changes.items() if v is not None})
 
+
+def print_last_evaluation(history: list[dict], out: Path, what: str = "val loss") -> None:
+    from minillm.train import is_main_process
+
+    if is_main_process():
+        last = next(r for r in reversed(history) if "val_loss" in r)
+        print(f"step {last['step']}: {what} {last['val_loss']:.4f}; checkpoint {out}")
+
+
+def pretrain_command(args: argparse.Namespace) -> None:
     from minillm import artifacts
+    from minillm.checkpoint import BASE
     from minillm.model import GPT
+    from minillm.recipes import base_recipe
     from minillm.train import train
 
-    model_config, run = artifacts.base_recipe(args.profile)
+    model_config, recipe = base_recipe(args.profile)
     if args.data:
         from minillm.shards import TokenShards
 
@@ -57,45 +77,30 @@ def pretrain_command(args: argparse.Namespace) -> None:
     else:
         tok = artifacts.char_tokenizer()
         train_data, val_data = artifacts.shakespeare_splits(tok)
-    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-               "grad_accum_steps": args.grad_accum, "dtype": args.dtype, "device": args.device}
-    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
-        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
-    out = args.out or artifacts.base_model_path(args.profile)
-    run = replace(run, checkpoint_path=out, log_path=Path(out).with_suffix(".jsonl"),
-                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
-                  compile=args.compile,
-                  **{k: v for k, v in changes.items() if v is not None})
+    out = Path(args.out or artifacts.base_model_path(args.profile))
+    run = engine_run(recipe, args, out, grad_accum_steps=args.grad_accum, dtype=args.dtype,
+                     compile=args.compile)
     torch.manual_seed(run.seed)
     model = GPT(model_config)
-    history = train(model, train_data, val_data, run, tokenizer=tok)
-    if int(os.environ.get("RANK", "0")) == 0:
-        last = next(r for r in reversed(history) if "val_loss" in r)
-        print(f"step {last['step']}: val loss {last['val_loss']:.4f}; checkpoint {out}")
+    print_last_evaluation(train(model, train_data, val_data, run, tokenizer=tok, stage=BASE),
+                          out)
 
 
 def sft_command(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     from minillm import artifacts
     from minillm.checkpoint import load_checkpoint
-    from minillm.sft import answer_prompts, make_sft_data, sft, sft_recipe, summarize
+    from minillm.evaluate import summarize
+    from minillm.policy import answer_prompts
+    from minillm.recipes import sft_recipe
+    from minillm.sft import sft
+    from minillm.world import make_sft_data
 
     base = load_checkpoint(args.base) if args.base else artifacts.base_model(args.profile)
-    run = sft_recipe(args.profile)
-    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-               "device": args.device}
-    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
-        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
-    out = args.out or artifacts.sft_model_path(args.profile)
-    run = replace(run, checkpoint_path=out, log_path=Path(out).with_suffix(".jsonl"),
-                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
-                  **{k: v for k, v in changes.items() if v is not None})
+    out = Path(args.out or artifacts.sft_model_path(args.profile))
     data = make_sft_data(seed=args.data_seed)
     print(f"{data}: finetuning {args.base or artifacts.base_model_path(args.profile)}")
-    model, history = sft(base, run, data)
-    last = next(r for r in reversed(history) if "val_loss" in r)
-    print(f"step {last['step']}: val loss {last['val_loss']:.4f}; checkpoint {out}")
+    model, history = sft(base, engine_run(sft_recipe(args.profile), args, out), data)
+    print_last_evaluation(history, out)
     if args.eval_samples > 0:
         n = len(data.prompts) * args.eval_samples
         print(f"Answers to {len(data.prompts)} held-out prompts x {args.eval_samples} "
@@ -109,20 +114,13 @@ def sft_command(args: argparse.Namespace) -> None:
 
 
 def reward_command(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     from minillm import artifacts
     from minillm.checkpoint import load_checkpoint
-    from minillm.reward import (
-        WEIGHTS,
-        evaluate,
-        feature_accuracy,
-        make_preference_data,
-        reward_recipe,
-        train_reward_model,
-    )
+    from minillm.evaluate import evaluate_reward_model
+    from minillm.recipes import reward_recipe
+    from minillm.reward import make_preference_data, train_reward_model
 
-    sampling, run = reward_recipe(args.profile)
+    sampling, recipe = reward_recipe(args.profile)
     out = Path(args.out or artifacts.reward_model_path(args.profile))
     changes = {"samples_per_prompt": args.samples_per_prompt, "agreement": args.agreement,
                "seed": args.data_seed}
@@ -136,19 +134,17 @@ def reward_command(args: argparse.Namespace) -> None:
     print(f"{data}: the labels side with the gold reward on "
           f"{data.train.agreement_with_gold():.1%} of the training pairs")
     init = load_checkpoint(args.init) if args.init else artifacts.sft_model(args.profile)
-    changes = {"max_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-               "device": args.device}
-    if args.steps is not None:  # a shorter run keeps its warmup to at most a tenth of it
-        changes["warmup_steps"] = min(run.warmup_steps, args.steps // 10)
-    run = replace(run, checkpoint_path=out, log_path=out.with_suffix(".jsonl"),
-                  checkpoint_interval=args.checkpoint_every, resume=args.resume,
-                  **{k: v for k, v in changes.items() if v is not None})
     print(f"Training a reward model from {args.init or artifacts.sft_model_path(args.profile)}")
-    model, history = train_reward_model(init, data, run)
-    last = next(r for r in reversed(history) if "val_loss" in r)
-    print(f"step {last['step']}: held-out loss {last['val_loss']:.4f}; checkpoint {out}")
+    model, history = train_reward_model(init, data, engine_run(recipe, args, out))
+    print_last_evaluation(history, out, "held-out loss")
+    print_reward_model_metrics(evaluate_reward_model(model, init.tokenizer, data.held_out),
+                               data)
 
-    m = evaluate(model, init.tokenizer, data.held_out)
+
+def print_reward_model_metrics(m: dict, data) -> None:
+    from minillm.evaluate import feature_accuracy
+    from minillm.world import WEIGHTS
+
     print(f"Held-out: n={m['n_pairs']} pairs of {m['n_responses']} answers to "
           f"{m['n_prompts']} prompts (standard errors clustered by prompt)")
     print(f"  accuracy against the labels  {m['label_accuracy']:.3f} ± "
@@ -166,14 +162,16 @@ def reward_command(args: argparse.Namespace) -> None:
 
 
 def rlhf_command(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from minillm import artifacts, rlhf
-    from minillm.checkpoint import load_checkpoint
+    from minillm import artifacts
+    from minillm.checkpoint import load_checkpoint, save_checkpoint
+    from minillm.dpo import dpo
+    from minillm.evaluate import compare_with_sft, sft_reference
+    from minillm.ppo import ppo
+    from minillm.recipes import rlhf_recipe
 
     assistant = load_checkpoint(args.sft) if args.sft else artifacts.sft_model(args.profile)
     reward = artifacts.reward_model(args.profile).model
-    config = rlhf.rlhf_recipe(args.method, args.profile)
+    config = rlhf_recipe(args.method, args.profile)
     changes = {"steps": args.steps, "lr": args.lr, "device": args.device, "seed": args.seed}
     if args.kl_coef is not None:
         changes["beta" if args.method == "dpo" else "kl_coef"] = args.kl_coef
@@ -182,16 +180,14 @@ def rlhf_command(args: argparse.Namespace) -> None:
                      **{k: v for k, v in changes.items() if v is not None})
     print(f"{args.method.upper()} from {args.sft or artifacts.sft_model_path(args.profile)}: "
           f"{config}")
-    if args.method in ("ppo", "grpo"):
-        policy, history, _ = rlhf.ppo(assistant, reward, config)
+    if args.method == "dpo":
+        policy, history = dpo(assistant, artifacts.preference_data(args.profile).train, config)
     else:
-        policy, history = rlhf.dpo(assistant, artifacts.preference_data(args.profile).train,
-                                   config)
-    rlhf.save_policy(out, policy, assistant.tokenizer, args.method, history)
+        policy, history, _ = ppo(assistant, reward, config)
+    save_checkpoint(out, policy, assistant.tokenizer, stage=args.method, history=history)
     print(f"checkpoint {out}; history {config.log_path}")
     if args.eval_samples > 0:
-        m = rlhf.compare_with_sft(policy, rlhf.sft_reference(assistant, reward,
-                                                             args.eval_samples))
+        m = compare_with_sft(policy, sft_reference(assistant, reward, args.eval_samples))
         print(f"Held-out: {m['prompts']} prompts x {args.eval_samples} answers "
               f"(temperature 1; standard errors paired by prompt)")
         print(f"  gold reward   sft {m['sft_gold']:.3f}  {args.method} {m['gold']:.3f}  gain "
@@ -208,43 +204,49 @@ def pipeline_command(args: argparse.Namespace) -> None:
 
 
 def chat_command(args: argparse.Namespace) -> None:
-    from minillm.chat import respond
     from minillm.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint)
-    model, tok = checkpoint.model, checkpoint.tokenizer
-    if tok is None:
+    if checkpoint.tokenizer is None:
         raise ValueError(f"{args.checkpoint} holds no tokenizer, so its text cannot be read.")
-    generator = torch.Generator().manual_seed(args.seed)
-    is_assistant = checkpoint.state.get("stage") == "sft"
-    if is_assistant:
-        print(f"{args.checkpoint} is a finetuned assistant: name a topic (\"Speak of love.\").")
+    if checkpoint.is_assistant:
+        print(f"{args.checkpoint} is an assistant ({checkpoint.stage}): name a topic "
+              f"(\"Speak of love.\").")
     else:
-        print(f"{args.checkpoint} is a base model: it has never seen a conversation, so it "
-              f"continues your text as the start of a document.")
+        print(f"{args.checkpoint} is a {checkpoint.stage} model: it has never seen a "
+              f"conversation, so it continues your text as the start of a document.")
     print("Ctrl-D or Ctrl-C ends the chat.")
+    generator = torch.Generator().manual_seed(args.seed)
     while True:
         try:
             line = input("you> ").strip()
         except (EOFError, KeyboardInterrupt):
             print()
             return
-        if not line:
-            continue
-        try:
-            if is_assistant:
-                # One exchange at a time: the quick model's 128-token context holds no more.
-                (text,), (ended,) = respond(model, tok, [line], args.max_new_tokens,
-                                            args.temperature, args.top_k, generator=generator)
-                print(f"model> {text}" + ("" if ended else " [no end of turn]"))
-            else:
-                ids = torch.tensor([tok.encode(line + "\n")])
-                out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k,
-                                     generator=generator)
-                print(f"model> ...{tok.decode(out[0, ids.size(1):].tolist())}")
-        except ValueError as err:  # e.g. a character the model's vocabulary lacks
-            print(f"error: {err}")
+        if line:
+            try:
+                print(f"model> {reply(checkpoint, line, args, generator)}")
+            except ValueError as err:  # e.g. a character the model's vocabulary lacks
+                print(f"error: {err}")
 
+
+def reply(checkpoint, line: str, args: argparse.Namespace, generator: torch.Generator) -> str:
+    """An assistant's answer to ``line``, or a base model's continuation of it."""
+    from minillm.chat import respond
+
+    model, tok = checkpoint.model, checkpoint.tokenizer
+    if checkpoint.is_assistant:
+        # One exchange at a time: the quick model's 128-token context holds no more.
+        (text,), (ended,) = respond(model, tok, [line], args.max_new_tokens, args.temperature,
+                                    args.top_k, generator=generator)
+        return text + ("" if ended else " [no end of turn]")
+    ids = torch.tensor([tok.encode(line + "\n")])
+    out = model.generate(ids, args.max_new_tokens, args.temperature, args.top_k,
+                         generator=generator)
+    return f"...{tok.decode(out[0, ids.size(1):].tolist())}"
+
+
+# ----------------------------------------------------------------------------- the parser
 
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
@@ -252,13 +254,52 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _shared_options() -> dict[str, argparse.ArgumentParser]:
+    """Parent parsers for the options several stages share."""
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument("--profile", choices=["quick", "full"], default=None,
+                         help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    run = argparse.ArgumentParser(add_help=False, parents=[profile, device])
+    run.add_argument("--out", metavar="PATH",
+                     help="the checkpoint (default: the stage's artifact in MINILLM_HOME)")
+    run.add_argument("--steps", type=_positive_int, default=None)
+    run.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    return {"profile": profile, "run": run}
+
+
+def _engine_options(shared, checkpoint_every: int) -> argparse.ArgumentParser:
+    """The options of a stage that runs the training engine (a new parser each time: a parent's
+    options are shared with every stage that uses it, defaults included)."""
+    engine = argparse.ArgumentParser(add_help=False, parents=[shared["run"]])
+    engine.add_argument("--batch-size", type=_positive_int, default=None)
+    engine.add_argument("--checkpoint-every", type=int, default=checkpoint_every, metavar="N",
+                        help="steps between checkpoints (default %(default)s; 0: only at the "
+                             "end)")
+    engine.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint if it exists")
+    return engine
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minillm", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
+    shared = _shared_options()
+    for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
+                _add_pipeline, _add_chat):
+        add(stages, shared)
+    return parser
+
+
+def _add_tokenizer(stages, shared) -> None:
     tok = stages.add_parser("tokenizer", help="train (or load) the Shakespeare BPE tokenizer")
     tok.add_argument("--vocab", type=int, default=None,
                      help="vocabulary size (default: 1024 in the quick profile, 4096 in full)")
     tok.set_defaults(run=tokenizer_command)
+
+
+def _add_prepare(stages, shared) -> None:
     prep = stages.add_parser("prepare", help="tokenize a folder of .txt files into token shards")
     prep.add_argument("input_dir", help="the folder of .txt files (subfolders included)")
     prep.add_argument("output_dir", help="where the shards, index.json and tokenizer.json go")
@@ -272,119 +313,99 @@ def main(argv: list[str] | None = None) -> None:
     prep.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                       help="tokenizing processes (default: one per CPU)")
     prep.set_defaults(run=prepare_command)
+
+
+def _add_pretrain(stages, shared) -> None:
     pre = stages.add_parser(
-        "pretrain", help="train the base model (run it under torchrun for several processes)")
-    pre.add_argument("--profile", choices=["quick", "full"], default=None,
-                     help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+        "pretrain", parents=[_engine_options(shared, checkpoint_every=500)],
+        help="train the base model (run it under torchrun for several processes)")
     pre.add_argument("--data", metavar="DIR", help="token shards from 'prepare' (default: "
                      "tiny Shakespeare, character-level)")
     pre.add_argument("--val-data", metavar="DIR", help="held-out token shards, with --data")
-    pre.add_argument("--out", metavar="PATH",
-                     help="the checkpoint (default: the base-model artifact in MINILLM_HOME)")
-    pre.add_argument("--steps", type=_positive_int, default=None)
-    pre.add_argument("--batch-size", type=_positive_int, default=None)
     pre.add_argument("--grad-accum", type=_positive_int, default=None,
                      help="micro-batches per update")
-    pre.add_argument("--lr", type=float, default=None, help="peak learning rate")
     pre.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
-    pre.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     pre.add_argument("--compile", action="store_true", help="torch.compile the model")
-    pre.add_argument("--checkpoint-every", type=int, default=500, metavar="N",
-                     help="steps between checkpoints (default 500; 0: only at the end)")
-    pre.add_argument("--resume", action="store_true",
-                     help="continue from the checkpoint if it exists")
     pre.set_defaults(run=pretrain_command)
+
+
+def _add_sft(stages, shared) -> None:
     fine = stages.add_parser(
-        "sft", help="finetune a base model into an assistant, then compare them on held-out "
-                    "prompts")
-    fine.add_argument("--profile", choices=["quick", "full"], default=None,
-                      help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+        "sft", parents=[_engine_options(shared, checkpoint_every=100)],
+        help="finetune a base model into an assistant, then compare them on held-out prompts")
     fine.add_argument("--base", metavar="PATH",
                       help="the base checkpoint (default: the base-model artifact, trained "
                            "first if missing)")
-    fine.add_argument("--out", metavar="PATH",
-                      help="the checkpoint (default: the SFT artifact in MINILLM_HOME)")
-    fine.add_argument("--steps", type=_positive_int, default=None)
-    fine.add_argument("--batch-size", type=_positive_int, default=None)
-    fine.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    fine.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     fine.add_argument("--data-seed", type=int, default=0,
                       help="the seed that makes the SFT examples and holds some out")
     fine.add_argument("--eval-samples", type=int, default=4, metavar="N",
                       help="answers per held-out prompt in the comparison (default 4; 0 skips it)")
-    fine.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
-                      help="steps between checkpoints (default 100; 0: only at the end)")
-    fine.add_argument("--resume", action="store_true",
-                      help="continue from the checkpoint if it exists")
     fine.set_defaults(run=sft_command)
+
+
+def _add_reward(stages, shared) -> None:
     rm = stages.add_parser(
-        "reward", help="compare the SFT model's answers with the simulated labeler, train a "
-                       "reward model on the comparisons and measure it on held-out prompts")
-    rm.add_argument("--profile", choices=["quick", "full"], default=None,
-                    help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
+        "reward", parents=[_engine_options(shared, checkpoint_every=100)],
+        help="compare the SFT model's answers with the simulated labeler, train a reward model "
+             "on the comparisons and measure it on held-out prompts")
     rm.add_argument("--sft", metavar="PATH",
                     help="the assistant whose answers are compared (default: the SFT artifact; "
                          "with the defaults the artifact's comparisons are reused)")
     rm.add_argument("--init", metavar="PATH",
                     help="the checkpoint the backbone starts from (default: the SFT model)")
-    rm.add_argument("--out", metavar="PATH",
-                    help="the checkpoint (default: the reward-model artifact in MINILLM_HOME)")
     rm.add_argument("--samples-per-prompt", type=_positive_int, default=None, metavar="K",
                     help="answers per prompt, all pairs compared (default 32 in quick)")
     rm.add_argument("--agreement", type=float, default=None, metavar="P",
                     help="the labeler's chance of siding with the gold reward (default 0.8)")
     rm.add_argument("--data-seed", type=int, default=None,
                     help="the seed of the answers and labels (default 0)")
-    rm.add_argument("--steps", type=_positive_int, default=None)
-    rm.add_argument("--batch-size", type=_positive_int, default=None,
-                    help="prompts per step, each with all its answers")
-    rm.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    rm.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
-    rm.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
-                    help="steps between checkpoints (default 100; 0: only at the end)")
-    rm.add_argument("--resume", action="store_true",
-                    help="continue from the checkpoint if it exists")
     rm.set_defaults(run=reward_command)
+
+
+def _add_rlhf(stages, shared) -> None:
     rl = stages.add_parser(
-        "rlhf", help="tune the SFT model with PPO or GRPO against the reward model, or with DPO "
-                     "on the comparisons, then compare it with the SFT model on held-out prompts")
+        "rlhf", parents=[shared["run"]],
+        help="tune the SFT model with PPO or GRPO against the reward model, or with DPO on the "
+             "comparisons, then compare it with the SFT model on held-out prompts")
     rl.add_argument("--method", choices=["ppo", "grpo", "dpo"], default="ppo")
-    rl.add_argument("--profile", choices=["quick", "full"], default=None,
-                    help="the recipe's sizes (default: quick on a CPU, full on a GPU)")
     rl.add_argument("--sft", metavar="PATH",
                     help="the policy to start from and stay near (default: the SFT artifact)")
-    rl.add_argument("--out", metavar="PATH",
-                    help="the checkpoint (default: the method's artifact in MINILLM_HOME)")
-    rl.add_argument("--steps", type=_positive_int, default=None)
-    rl.add_argument("--lr", type=float, default=None)
     rl.add_argument("--kl-coef", type=float, default=None, metavar="BETA",
                     help="PPO's and GRPO's KL coefficient (RM standard deviations per nat) or "
                          "DPO's beta")
     rl.add_argument("--seed", type=int, default=None)
-    rl.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     rl.add_argument("--eval-samples", type=int, default=8, metavar="N",
                     help="answers per held-out prompt in the comparison (default 8; 0 skips it)")
     rl.set_defaults(run=rlhf_command)
+
+
+def _add_pipeline(stages, shared) -> None:
+    from minillm.pipeline import STAGES
+
     pipe = stages.add_parser(
-        "pipeline", help="every stage in order (tokenizer, pretrain, sft, reward, ppo, dpo), "
-                         "skipping those whose artifacts exist, then a table of key metrics, a "
-                         "figure and a JSON summary in MINILLM_HOME")
-    pipe.add_argument("--profile", choices=["quick", "full"], default=None,
-                      help="the recipes' sizes (default: quick on a CPU, full on a GPU)")
-    pipe.add_argument("--force", action="append", metavar="STAGE",
-                      choices=["tokenizer", "pretrain", "sft", "reward", "ppo", "dpo"],
+        "pipeline", parents=[shared["profile"]],
+        help="every stage in order (tokenizer, pretrain, sft, reward, ppo, dpo), skipping those "
+             "whose artifacts exist, then a table of key metrics, a figure and a JSON summary "
+             "in MINILLM_HOME")
+    pipe.add_argument("--force", action="append", metavar="STAGE", choices=STAGES,
                       help="redo this stage and those made from it, even if their artifacts "
                            "exist (repeatable)")
     pipe.set_defaults(run=pipeline_command)
-    talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an SFT "
-                                          "model answers; a base model continues your text)")
-    talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'pretrain')")
+
+
+def _add_chat(stages, shared) -> None:
+    talk = stages.add_parser("chat", help="chat with a checkpoint in the terminal (an assistant "
+                                          "answers; a base model continues your text)")
+    talk.add_argument("checkpoint", help="a checkpoint file (e.g. from 'sft' or 'rlhf')")
     talk.add_argument("--temperature", type=float, default=0.8)
     talk.add_argument("--top-k", type=_positive_int, default=None)
     talk.add_argument("--max-new-tokens", type=_positive_int, default=100)
     talk.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     talk.set_defaults(run=chat_command)
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -17,24 +17,24 @@ from pathlib import Path
 
 import torch
 
-from minillm.checkpoint import Checkpoint, load_checkpoint
-from minillm.data import load_shakespeare
-from minillm.model import GPT, GPTConfig
+from minillm.chat import SPECIAL_TOKENS
+from minillm.checkpoint import BASE, TUNED_POLICIES, Checkpoint, load_checkpoint, save_checkpoint
+from minillm.data import char_tokenizer, load_shakespeare
+from minillm.dpo import dpo
+from minillm.model import GPT
+from minillm.ppo import ppo
+from minillm.recipes import base_recipe, reward_recipe, rlhf_recipe, sft_recipe
 from minillm.reward import (
     PreferenceData,
     load_reward_model,
     make_preference_data,
-    reward_recipe,
     train_reward_model,
 )
-from minillm.rlhf import dpo, ppo, rlhf_recipe, save_policy
 from minillm.settings import home_dir, pick_device, profile, reuse_artifacts
-from minillm.sft import sft, sft_recipe
-from minillm.tokenizer import CharTokenizer, Tokenizer
+from minillm.sft import sft
+from minillm.tokenizer import Tokenizer
 from minillm.train import TrainConfig, train
 
-# Reserved from the start so that lesson 04's chat template needs no new embeddings' ids.
-SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
 TOKENIZER_VOCAB = {"quick": 1024, "full": 4096}
 
 
@@ -55,11 +55,6 @@ def shakespeare_tokenizer(vocab_size: int | None = None) -> Tokenizer:
 
 
 # ---- lesson 02: the character-level base model --------------------------------------------
-
-def char_tokenizer() -> CharTokenizer:
-    """The corpus's 65 characters plus the course's special tokens (ids 65-68)."""
-    return CharTokenizer.train(load_shakespeare(), special_tokens=SPECIAL_TOKENS)
-
 
 def reusing(path: Path, overrides: dict) -> bool:
     """Whether to reuse the saved run at ``path`` rather than train afresh (module docstring)."""
@@ -83,27 +78,6 @@ def shakespeare_splits(tokenizer, val_fraction: float = 0.1):
     return ids[:split], ids[split:]
 
 
-def base_recipe(profile_name: str | None = None) -> tuple[GPTConfig, TrainConfig]:
-    """The base model's architecture and training run for a profile.
-
-    quick: 0.8M parameters, context 128, 3000 steps of 6 windows (~3 minutes on a 2-core CPU);
-    DESIGN.md's probe found many small steps at lr 2e-3 beat few large ones on a CPU.
-    full: nanoGPT's 10.7M-parameter Shakespeare configuration, for a GPU.
-    """
-    vocab = char_tokenizer().vocab_size
-    if (profile_name or profile()) == "quick":
-        model = GPTConfig(vocab_size=vocab, block_size=128, n_layer=4, n_head=4, n_embd=128,
-                          dropout=0.0, bias=False)
-        run = TrainConfig(max_steps=3000, batch_size=6, lr=2e-3, min_lr=1e-4, warmup_steps=100,
-                          eval_interval=250, eval_batches=50)
-    else:
-        model = GPTConfig(vocab_size=vocab, block_size=256, n_layer=6, n_head=6, n_embd=384,
-                          dropout=0.2, bias=False)
-        run = TrainConfig(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                          eval_interval=250, eval_batches=50)
-    return model, run
-
-
 def base_model_path(profile_name: str | None = None) -> Path:
     return home_dir() / f"base-char-{profile_name or profile()}.pt"
 
@@ -119,7 +93,7 @@ def train_base_model(profile_name: str | None = None, **overrides):
     train_ids, val_ids = shakespeare_splits(tok)
     torch.manual_seed(run.seed)
     model = GPT(model_config)
-    history = train(model, train_ids, val_ids, run, tokenizer=tok)
+    history = train(model, train_ids, val_ids, run, tokenizer=tok, stage=BASE)
     return model, history
 
 
@@ -209,17 +183,19 @@ def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
     Returns (policy, history); ``overrides`` replace fields of the PPOConfig or DPOConfig.
     With ``MINILLM_REUSE=1`` a saved policy is loaded instead, with its history.
     """
+    if method not in TUNED_POLICIES:
+        raise ValueError(f"The method is one of {', '.join(TUNED_POLICIES)}, not {method!r}.")
     path = rlhf_policy_path(method, profile_name)
     if reusing(path, overrides):
         saved = load_checkpoint(path, device=pick_device())
         return saved.model, saved.state["history"]
     config = replace(rlhf_recipe(method, profile_name), **overrides)
     assistant = sft_model(profile_name)
-    if method in ("ppo", "grpo"):
-        policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
-    else:
+    if method == "dpo":
         policy, history = dpo(assistant, preference_data(profile_name).train, config)
-    save_policy(path, policy, assistant.tokenizer, method, history)
+    else:
+        policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
+    save_checkpoint(path, policy, assistant.tokenizer, stage=method, history=history)
     return policy, history
 
 

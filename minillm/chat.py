@@ -25,6 +25,9 @@ import torch
 
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 ROLES = {"user": USER, "assistant": ASSISTANT}
+# The course's tokenizers reserve these from the start (with a document separator), so that the
+# chat template of lesson 04 needs no new embeddings.
+SPECIAL_TOKENS = ["<|endoftext|>", USER, ASSISTANT, END]
 
 
 def chat_ids(tokenizer) -> dict[str, int]:
@@ -32,7 +35,7 @@ def chat_ids(tokenizer) -> dict[str, int]:
     missing = [t for t in (USER, ASSISTANT, END) if t not in tokenizer.special_tokens]
     if missing:
         raise ValueError(f"The tokenizer has no chat tokens {missing}; use one made with "
-                         f"minillm.artifacts.SPECIAL_TOKENS (e.g. artifacts.char_tokenizer()).")
+                         f"minillm.chat.SPECIAL_TOKENS (e.g. minillm.data.char_tokenizer()).")
     return {t: tokenizer.special_tokens[t] for t in (USER, ASSISTANT, END)}
 
 

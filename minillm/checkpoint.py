@@ -7,7 +7,7 @@ A checkpoint is a ``torch.save`` file holding a dict::
 
 where ``state`` is whatever the caller adds (step, optimizer state, history, ...).
 
-Two promises (DESIGN.md, "Contracts"):
+Two promises:
 
 - Saving is atomic: the file is written under a temporary name in the same folder, then renamed
   over the old one, so a crash or Ctrl-C mid-save leaves the previous checkpoint intact.
@@ -33,6 +33,13 @@ from minillm.tokenizer import CharTokenizer, Tokenizer, from_json
 FORMAT = "minillm-checkpoint/1"
 RESERVED_KEYS = ("format", "model_config", "model", "tokenizer")
 
+# What made a checkpoint, saved as its state's "stage". A base model's may have none (files
+# written before stages were marked).
+BASE, SFT, REWARD, PPO, GRPO, DPO = "base", "sft", "reward", "ppo", "grpo", "dpo"
+STAGES = (BASE, SFT, REWARD, PPO, GRPO, DPO)
+TUNED_POLICIES = (PPO, GRPO, DPO)  # an SFT model tuned further: still an assistant
+ASSISTANTS = (SFT, *TUNED_POLICIES)
+
 # What weights_only=True can rebuild (besides tensors), matched by exact type: a subclass such as
 # numpy.float64 (a float) or defaultdict (a dict) pickles as its own class and would be refused.
 _PLAIN_VALUES = (str, bytes, int, float, complex, bool, type(None), torch.dtype)
@@ -45,6 +52,16 @@ class Checkpoint:
     tokenizer: Tokenizer | CharTokenizer | None
     state: dict = field(default_factory=dict)  # everything else that was saved
 
+    @property
+    def stage(self) -> str:
+        """What made it (``STAGES``): "base" for a pretrained model."""
+        return self.state.get("stage", BASE)
+
+    @property
+    def is_assistant(self) -> bool:
+        """Whether it answers in the chat template: an SFT model, or one tuned from it."""
+        return self.stage in ASSISTANTS
+
 
 def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
     """Write ``model`` (its config and weights), its ``tokenizer`` and ``state`` to ``path``.
@@ -55,6 +72,9 @@ def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
     clashes = [key for key in RESERVED_KEYS if key in state]
     if clashes:
         raise ValueError(f"The state keys {clashes} are reserved for the checkpoint itself.")
+    if state.get("stage", BASE) not in STAGES:
+        raise ValueError(f"A checkpoint's stage is one of {', '.join(STAGES)}, "
+                         f"not {state['stage']!r}.")
     for key, value in state.items():
         _check_plain(value, f"state[{key!r}]")
     payload = {
@@ -94,7 +114,7 @@ def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
 
     model = model_class(GPTConfig(**payload["model_config"]))
     if set(payload["model"]) != set(model.state_dict()):  # e.g. a reward model read as a GPT
-        reward = payload.get("stage") == "reward"
+        reward = payload.get("stage") == REWARD
         raise ValueError(f"{path} holds {'a reward' if reward else 'a language'} model, whose "
                          f"weights do not fit a {model_class.__name__}"
                          + (" (load it with minillm.reward.load_reward_model)." if reward

@@ -17,8 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from minillm.chat import SPECIAL_TOKENS
 from minillm.files import atomic_write
 from minillm.settings import home_dir
+from minillm.tokenizer import CharTokenizer
 
 FILENAME = "tinyshakespeare.txt"
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -76,3 +78,9 @@ def _read_verified(path: Path) -> str:
             f"{SHA256[:12]}…). Delete it and let minillm download it again."
         )
     return payload.decode("utf-8")
+
+
+def char_tokenizer() -> CharTokenizer:
+    """The tokenizer of lessons 02-06: the corpus's 65 characters plus the course's special
+    tokens (``minillm.chat.SPECIAL_TOKENS``, ids 65-68)."""
+    return CharTokenizer.train(load_shakespeare(), special_tokens=SPECIAL_TOKENS)

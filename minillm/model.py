@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minillm.validate import is_number, require, require_bools, require_positive_ints
+
 IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (padding, masked prompt tokens)
 ROPE_BASE = 10000.0  # RoPE's wavelengths range from 2*pi to about 2*pi * ROPE_BASE tokens
 
@@ -45,22 +47,19 @@ class GPTConfig:
     tie_embeddings: bool = True  # the output layer reuses the token embedding matrix (GPT-2)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, "
-                                 f"not {getattr(self, name)!r}.")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head "
-                             f"({self.n_head}), since each head gets n_embd // n_head dimensions.")
+        require_positive_ints(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        require(self, "n_embd", self.n_embd % self.n_head == 0,
+                f"divisible by n_head ({self.n_head}), since each head gets n_embd // n_head "
+                f"dimensions")
         for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, "
-                                 f"not {getattr(self, name)!r}.")
-        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"Rotary positions need an even head size, and n_embd // n_head is "
-                             f"{self.n_embd // self.n_head}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}.")
+            require(self, name, getattr(self, name) in allowed, f"one of {allowed}")
+        head_size = self.n_embd // self.n_head
+        require(self, "n_head", self.positions == "learned" or head_size % 2 == 0,
+                f"such that the head size n_embd // n_head is even for rotary positions, and it "
+                f"is {head_size}")
+        require(self, "dropout", is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+                "a number in [0, 1)")
+        require_bools(self, "bias", "tie_embeddings")
 
 
 # ----------------------------------------------------------------------------- attention

@@ -28,12 +28,19 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from minillm import artifacts, rlhf
+from minillm import artifacts
 from minillm.data import load_shakespeare
+from minillm.evaluate import (
+    SFTReference,
+    compare_with_sft,
+    evaluate_reward_model,
+    sft_reference,
+    summarize,
+)
 from minillm.files import atomic_write
-from minillm.reward import WEIGHTS, evaluate
+from minillm.policy import answer_prompts
 from minillm.settings import PROFILES, home_dir, profile
-from minillm.sft import answer_prompts, make_sft_data, summarize
+from minillm.world import WEIGHTS, make_sft_data
 
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
 # The stages whose artifacts each stage's artifacts are made from.
@@ -159,7 +166,7 @@ def reward_stage(profile_name: str, force: bool = False) -> StageResult:
     seconds += make_unless_present(rm_path, lambda: artifacts.make_reward_model(profile_name),
                                    force)
     data, rm = artifacts.preference_data(profile_name), artifacts.reward_model(profile_name)
-    m = evaluate(rm.model, rm.tokenizer, data.held_out)
+    m = evaluate_reward_model(rm.model, rm.tokenizer, data.held_out)
     metrics = {key: m[key] for key in ("gold_accuracy", "gold_accuracy_se", "label_accuracy",
                                        "label_accuracy_se", "spearman", "n_pairs", "n_prompts",
                                        "n_responses")}
@@ -172,17 +179,17 @@ def reward_stage(profile_name: str, force: bool = False) -> StageResult:
                        make_seconds=seconds)
 
 
-def measure_sft(profile_name: str) -> rlhf.SFTReference:
+def measure_sft(profile_name: str) -> SFTReference:
     """The SFT model on the held-out prompts, as the tuned policies will be measured."""
-    return rlhf.sft_reference(artifacts.sft_model(profile_name),
+    return sft_reference(artifacts.sft_model(profile_name),
                               artifacts.reward_model(profile_name).model, RLHF_SAMPLES, 0,
                               SCALE_ANSWERS)
 
 
 def rlhf_stage(method: str, profile_name: str, force: bool = False,
-               reference: rlhf.SFTReference | None = None) -> StageResult:
+               reference: SFTReference | None = None) -> StageResult:
     """Lesson 06's PPO or DPO policy, compared with the SFT model it was tuned from
-    (``rlhf.compare_with_sft``). ``reference`` (``measure_sft``) is measured here if not given;
+    (``compare_with_sft``). ``reference`` (``measure_sft``) is measured here if not given;
     PPO and DPO share one."""
     path = artifacts.rlhf_policy_path(method, profile_name)
     seconds = make_unless_present(path, lambda: artifacts.make_rlhf_policy(method, profile_name),
@@ -190,7 +197,7 @@ def rlhf_stage(method: str, profile_name: str, force: bool = False,
     if reference is None:
         reference = measure_sft(profile_name)
     policy = artifacts.rlhf_policy(method, profile_name)
-    metrics = rlhf.compare_with_sft(policy.model, reference)
+    metrics = compare_with_sft(policy.model, reference)
     headline = (f"gold {metrics['gold_gain']:+.3f} ± {metrics['gold_gain_se']:.3f} "
                 f"({metrics['gold_z']:.1f} SE) over SFT, KL {metrics['kl']:.2f} nats "
                 f"(n={metrics['answers']} answers)")

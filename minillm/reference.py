@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from minillm.artifacts import base_recipe, train_base_model
+from minillm.artifacts import train_base_model
+from minillm.recipes import base_recipe
 from minillm.settings import profile
 
 DATA_DIR = Path(__file__).resolve().parent / "reference_data"

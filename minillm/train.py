@@ -6,8 +6,10 @@ schedule gives for that step (linear warmup, then cosine decay). Every ``eval_in
 the loss is estimated on held-out text. The result comes back as data: a history of rows, one
 per step, that the lessons plot.
 
-The defaults are the CPU recipe DESIGN.md's probe found for the 0.83M-parameter character
-model: many small steps (batch 12) at a high learning rate (2e-3) beat few large ones.
+The defaults are a CPU recipe for the 0.83M-parameter character model: many small steps
+(batch 12) at a high learning rate (2e-3) beat few large ones (README, "How the recipes were
+chosen"). PPO and DPO (``minillm.ppo``, ``minillm.dpo``) take their updates with this module's
+``optimizer_step`` and write their histories with ``open_log``/``record`` too.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +31,17 @@ from tqdm.auto import tqdm
 from minillm.checkpoint import save_checkpoint
 from minillm.model import GPT
 from minillm.settings import pick_device
+from minillm.validate import (
+    is_int,
+    is_number,
+    require,
+    require_bools,
+    require_non_negative_numbers,
+    require_positive_ints,
+    require_positive_numbers,
+)
 
+T = TypeVar("T")
 AUTOCAST_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}
 
@@ -61,46 +76,28 @@ class TrainConfig:
     progress: bool = True  # a tqdm progress bar
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches",
-                     "grad_accum_steps"):
-            _require(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1,
-                     "a positive integer")
-        _require(self, "warmup_steps",
-                 _is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
-                 f"an integer from 0 to max_steps ({self.max_steps})")
-        _require(self, "lr", _is_number(self.lr) and self.lr > 0, "a positive number")
-        _require(self, "min_lr", _is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
-                 f"a number from 0 to lr ({self.lr})")
+        require_positive_ints(self, "max_steps", "batch_size", "eval_interval", "eval_batches",
+                              "grad_accum_steps")
+        require(self, "warmup_steps",
+                is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
+                f"an integer from 0 to max_steps ({self.max_steps})")
+        require_positive_numbers(self, "lr")
+        require(self, "min_lr", is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
+                f"a number from 0 to lr ({self.lr})")
         for name in ("beta1", "beta2"):
-            _require(self, name, _is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
-                     "a number in [0, 1)")
-        for name in ("weight_decay", "grad_clip"):
-            _require(self, name, _is_number(getattr(self, name)) and getattr(self, name) >= 0,
-                     "a number >= 0")
-        _require(self, "block_size",
-                 self.block_size is None or (_is_int(self.block_size) and self.block_size >= 1),
-                 "a positive integer or None")
-        _require(self, "seed", _is_int(self.seed), "an integer")
-        _require(self, "device", isinstance(self.device, str), "a device name such as 'auto'")
-        _require(self, "checkpoint_interval",
-                 _is_int(self.checkpoint_interval) and self.checkpoint_interval >= 0,
-                 "an integer >= 0")
-        _require(self, "dtype", self.dtype in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}")
-        for name in ("progress", "resume", "compile"):
-            _require(self, name, isinstance(getattr(self, name), bool), "True or False")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(config: TrainConfig, name: str, ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(f"TrainConfig.{name} must be {what}, not {getattr(config, name)!r}.")
+            require(self, name, is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
+                    "a number in [0, 1)")
+        require_non_negative_numbers(self, "weight_decay", "grad_clip")
+        require(self, "block_size",
+                self.block_size is None or (is_int(self.block_size) and self.block_size >= 1),
+                "a positive integer or None")
+        require(self, "seed", is_int(self.seed), "an integer")
+        require(self, "device", isinstance(self.device, str), "a device name such as 'auto'")
+        require(self, "checkpoint_interval",
+                is_int(self.checkpoint_interval) and self.checkpoint_interval >= 0,
+                "an integer >= 0")
+        require(self, "dtype", self.dtype in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}")
+        require_bools(self, "progress", "resume", "compile")
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -114,11 +111,16 @@ def lr_at(step: int, config: TrainConfig) -> float:
     the loss falls fast, small ones at the end to settle into a minimum.
     """
     if step < config.warmup_steps:
-        return config.lr * step / config.warmup_steps
+        return warmup_lr(step, config.lr, config.warmup_steps)
     if step >= config.max_steps:
         return config.min_lr
     progress = (step - config.warmup_steps) / (config.max_steps - config.warmup_steps)
     return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """``lr`` after a linear warmup over ``warmup_steps`` updates (PPO and DPO stay at it)."""
+    return lr * min(1.0, step / max(1, warmup_steps))
 
 
 # ----------------------------------------------------------------------------- the optimizer
@@ -241,6 +243,14 @@ class Distributed:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that prints and saves: rank 0 of a torchrun launch (once
+    ``train`` has joined its process group), or a process run alone."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def init_distributed(device: str) -> Distributed:
     """Join the process group torchrun set up (gloo on a CPU, nccl on CUDA), if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -254,7 +264,27 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- one update
+
+def optimizer_step(optimizer: torch.optim.Optimizer, parameters, lr: float, grad_clip: float,
+                   backward: Callable[[], T]) -> tuple[T, float]:
+    """One update of every trainer (pretraining, SFT, reward model, PPO, DPO): set the learning
+    rate, clear the gradients, run ``backward`` (it computes the loss and calls ``.backward()``;
+    what it returns comes back), clip the global gradient norm of ``parameters`` to
+    ``grad_clip`` and step. Returns (what ``backward`` returned, the norm before clipping).
+
+    Rescaling the gradient when its norm exceeds ``grad_clip`` caps the size of any one update,
+    so a rare batch with a huge gradient cannot undo training; 0 turns clipping off (the norm is
+    still measured).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    result = backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf)
+    optimizer.step()
+    return result, grad_norm.item()
+
 
 def train_step(model, optimizer: torch.optim.Optimizer, micro_batches, lr: float,
                grad_clip: float, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
@@ -266,24 +296,22 @@ def train_step(model, optimizer: torch.optim.Optimizer, micro_batches, lr: float
     Under DistributedDataParallel the gradients are averaged across processes only after the
     last micro-batch (``no_sync`` skips the all-reduce for the others).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
     device_type = micro_batches[0][0].device.type
-    total = 0.0
-    for k, (x, y) in enumerate(micro_batches):
-        last = k == len(micro_batches) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-            else model.no_sync()
-        with sync, torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-            _, loss = model(x, y)
-        (loss / len(micro_batches)).backward()
-        total += loss.detach()
-    # Rescaling the gradient when its norm exceeds grad_clip caps the size of any one update, so
-    # a rare batch with a huge gradient cannot undo training. A limit of inf only measures.
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    optimizer.step()
-    return (total / len(micro_batches)).item(), grad_norm.item()
+
+    def backward():
+        total = 0.0
+        for k, (x, y) in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+                else model.no_sync()
+            with sync, torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+                _, loss = model(x, y)
+            (loss / len(micro_batches)).backward()
+            total += loss.detach()
+        return total
+
+    total, grad_norm = optimizer_step(optimizer, model.parameters(), lr, grad_clip, backward)
+    return (total / len(micro_batches)).item(), grad_norm
 
 
 def global_batch(data, config: TrainConfig, block_size: int, generator: torch.Generator,
@@ -300,8 +328,20 @@ def global_batch(data, config: TrainConfig, block_size: int, generator: torch.Ge
     return list(zip(x[mine].split(config.batch_size), y[mine].split(config.batch_size)))
 
 
+def callers_rng_kept(device: str):
+    """A context in which torch's global random state may be reseeded: the caller's state
+    (CPU, and the GPU's where one is used) comes back afterwards, as a library call should."""
+    kind = torch.device(device).type
+    if kind in ("cuda", "mps"):
+        return torch.random.fork_rng(device_type=kind)
+    return torch.random.fork_rng(devices=[])
+
+
+# ----------------------------------------------------------------------------- the loop
+
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
-          config: TrainConfig | None = None, tokenizer=None) -> list[dict]:
+          config: TrainConfig | None = None, tokenizer=None, stage: str | None = None
+          ) -> list[dict]:
     """Train ``model`` in place (on the config's device) on ``train_data``, a 1-D tensor of token
     ids, and return the history: one dict per step.
 
@@ -314,10 +354,11 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     those, ``lr`` and ``elapsed_s``.
 
     Checkpoints (every ``checkpoint_interval`` steps and at the end) hold everything needed to
-    continue: with ``resume=True`` a run picks up at the checkpoint's step, with the same
-    optimizer state, data order and random state, and ends exactly as if it had never stopped.
-    Launched by ``torchrun``, the processes split each batch (data parallelism); rank 0 alone
-    evaluates, logs and checkpoints.
+    continue, and ``stage`` (``minillm.checkpoint.STAGES``) if given: with ``resume=True`` a run
+    picks up at the checkpoint's step, with the same optimizer state, data order and random
+    state, and ends exactly as if it had never stopped. Launched by ``torchrun``, the processes
+    split each batch (data parallelism); rank 0 alone evaluates, logs and checkpoints. The
+    caller's global random state is left as it was.
 
     Ctrl-C (KeyboardInterrupt) stops cleanly: the history so far is returned, and the checkpoint
     is written as at the end.
@@ -331,82 +372,116 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     if block_size > model.config.block_size:
         raise ValueError(f"TrainConfig.block_size ({block_size}) exceeds the model's context "
                          f"({model.config.block_size}).")
-    torch.manual_seed(config.seed)  # dropout's randomness
-    # The batches come from their own CPU generator: the data order is the same on any device
-    # and does not depend on what else draws random numbers (dropout, evaluation).
-    batches = torch.Generator().manual_seed(config.seed)
     was_training = model.training
-    model.to(device).train()
-    optimizer = make_optimizer(model, config, device)
-    history: list[dict] = []
-    if config.resume and config.checkpoint_path and Path(config.checkpoint_path).is_file():
-        history = _restore(config.checkpoint_path, model, optimizer, batches, device)
-    restored_rows = len(history)
-    stepper = _wrap(model, config, dist, device)
-    dtype = autocast_dtype(device, config.dtype)
-    tokens_per_step = config.batch_size * config.grad_accum_steps * dist.world_size * block_size
-    flops_per_token = model.flops_per_token() * block_size / model.config.block_size
-    peak = peak_flops(device)
-    first_step = _steps_done(history) + 1
-    start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
-
-    # The random state after the last completed step: what a resumed run must start from, even
-    # when Ctrl-C lands in the middle of a step that already drew its batch.
-    rng = {"batch_rng": batches.get_state(), "torch_rng": torch.get_rng_state()}
-
-    def checkpoint():
-        if config.checkpoint_path is not None and dist.is_main:
-            save_checkpoint(config.checkpoint_path, model, tokenizer,
-                            step=_steps_done(history), history=history,
-                            train_config=_plain(asdict(config)),
-                            optimizer=optimizer.state_dict(), **rng)
-
-    with _open_log(config.log_path if dist.is_main else None, history) as log, \
-            tqdm(total=config.max_steps, initial=first_step - 1, desc="training", mininterval=1.0,
-                 disable=not (config.progress and dist.is_main)) as bar:
+    with callers_rng_kept(device):
+        torch.manual_seed(config.seed)  # dropout's randomness
+        # The batches come from their own CPU generator: the data order is the same on any
+        # device and does not depend on what else draws random numbers (dropout, evaluation).
+        batches = torch.Generator().manual_seed(config.seed)
+        model.to(device).train()
+        optimizer = make_optimizer(model, config, device)
+        history: list[dict] = []
+        if config.resume and config.checkpoint_path and Path(config.checkpoint_path).is_file():
+            history = _restore(config.checkpoint_path, model, optimizer, batches, device)
+        run = _Run(model, optimizer, batches, config, dist, device, block_size, tokenizer, stage)
         try:
-            if not history:
-                row = {"step": 0, "lr": lr_at(0, config)}
-                if dist.is_main:
-                    row.update(_evaluate(model, train_data, val_data, config, block_size))
-                _record(row, start, history, log)
-            val_loss = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
-            for step in range(first_step, config.max_steps + 1):
-                step_start = time.perf_counter()
-                micro = global_batch(train_data, config, block_size, batches, dist, device)
-                lr = lr_at(step, config)
-                loss, grad_norm = train_step(stepper, optimizer, micro, lr, config.grad_clip,
-                                             dtype)
-                seconds = time.perf_counter() - step_start
-                row = {"step": step, "lr": lr, "train_loss": _mean_across(loss, dist, device),
-                       "grad_norm": grad_norm, "tokens_per_s": tokens_per_step / seconds,
-                       "flops_per_s": tokens_per_step * flops_per_token / seconds}
-                if peak:
-                    row["mfu"] = row["flops_per_s"] / (peak * dist.world_size)
-                if dist.is_main and (step % config.eval_interval == 0
-                                     or step == config.max_steps):
-                    row.update(_evaluate(model, train_data, val_data, config, block_size))
-                    val_loss = row["val_loss"]
-                _record(row, start, history, log)
-                rng = {"batch_rng": batches.get_state(), "torch_rng": torch.get_rng_state()}
-                if config.checkpoint_interval and step % config.checkpoint_interval == 0 \
-                        and step < config.max_steps:
-                    checkpoint()
-                # refresh=False: update() redraws the bar, at most once a second
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                val=f"{val_loss:.3f}" if val_loss is not None else "-",
-                                refresh=False)
-                bar.update()
-        except KeyboardInterrupt:  # Ctrl-C, or the stop button of a notebook
-            if config.progress and dist.is_main:
-                bar.write(f"Interrupted after step {_steps_done(history)}: returning the "
-                          f"history so far.")
+            run.loop(train_data, val_data, history)
         finally:
             model.train(was_training)
-
-    if len(history) > restored_rows:  # a resumed run that had nothing left to do is saved as is
-        checkpoint()
     return history
+
+
+@dataclass
+class _Run:
+    """What ``train``'s loop works with, so that its pieces stay short."""
+
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    batches: torch.Generator
+    config: TrainConfig
+    dist: Distributed
+    device: str
+    block_size: int
+    tokenizer: object
+    stage: str | None
+
+    def checkpoint(self, history: list[dict], rng: dict) -> None:
+        if self.config.checkpoint_path is not None and self.dist.is_main:
+            stage = {} if self.stage is None else {"stage": self.stage}
+            save_checkpoint(self.config.checkpoint_path, self.model, self.tokenizer,
+                            step=_steps_done(history), history=history,
+                            train_config=_plain(asdict(self.config)),
+                            optimizer=self.optimizer.state_dict(), **stage, **rng)
+
+    def rng(self) -> dict:
+        """The random state after the last completed step: what a resumed run must start from,
+        even when Ctrl-C lands in the middle of a step that already drew its batch."""
+        return {"batch_rng": self.batches.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def loop(self, train_data, val_data, history: list[dict]) -> None:
+        config, dist = self.config, self.dist
+        restored_rows, rng = len(history), self.rng()
+        stepper = _wrap(self.model, config, dist, self.device)
+        dtype = autocast_dtype(self.device, config.dtype)
+        first_step = _steps_done(history) + 1
+        start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+        evaluate = dist.is_main and (lambda: _evaluate(self.model, train_data, val_data, config,
+                                                       self.block_size))
+        with open_log(config.log_path if dist.is_main else None, history) as log, \
+                tqdm(total=config.max_steps, initial=first_step - 1, desc="training",
+                     mininterval=1.0, disable=not (config.progress and dist.is_main)) as bar:
+            try:
+                if not history:
+                    record({"step": 0, "lr": lr_at(0, config), **(evaluate() if evaluate
+                                                                    else {})},
+                           start, history, log)
+                val = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
+                for step in range(first_step, config.max_steps + 1):
+                    row = self.step(step, train_data, stepper, dtype)
+                    if evaluate and (step % config.eval_interval == 0
+                                     or step == config.max_steps):
+                        row.update(evaluate())
+                        val = row["val_loss"]
+                    record(row, start, history, log)
+                    rng = self.rng()
+                    if config.checkpoint_interval and step % config.checkpoint_interval == 0 \
+                            and step < config.max_steps:
+                        self.checkpoint(history, rng)
+                    # refresh=False: update() redraws the bar, at most once a second
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}",
+                                    val="-" if val is None else f"{val:.3f}", refresh=False)
+                    bar.update()
+            except KeyboardInterrupt:  # Ctrl-C, or the stop button of a notebook
+                if config.progress and dist.is_main:
+                    bar.write(f"Interrupted after step {_steps_done(history)}: returning the "
+                              f"history so far.")
+        if len(history) > restored_rows:  # a resumed run with nothing left to do stays as is
+            self.checkpoint(history, rng)
+
+    @cached_property
+    def throughput(self) -> tuple[int, float, float | None]:
+        """Tokens per step, model FLOPs per token at this block size, the device's peak FLOP/s."""
+        config, dist = self.config, self.dist
+        tokens = config.batch_size * config.grad_accum_steps * dist.world_size * self.block_size
+        flops = self.model.flops_per_token() * self.block_size / self.model.config.block_size
+        return tokens, flops, peak_flops(self.device)
+
+    def step(self, step: int, train_data, stepper, dtype) -> dict:
+        """One optimizer update and its row of the history (before any evaluation)."""
+        config, dist = self.config, self.dist
+        tokens, flops_per_token, peak = self.throughput
+        began = time.perf_counter()
+        micro = global_batch(train_data, config, self.block_size, self.batches, dist,
+                             self.device)
+        loss, grad_norm = train_step(stepper, self.optimizer, micro, lr_at(step, config),
+                                     config.grad_clip, dtype)
+        seconds = time.perf_counter() - began
+        row = {"step": step, "lr": lr_at(step, config),
+               "train_loss": _mean_across(loss, dist, self.device), "grad_norm": grad_norm,
+               "tokens_per_s": tokens / seconds, "flops_per_s": tokens * flops_per_token / seconds}
+        if peak:
+            row["mfu"] = row["flops_per_s"] / (peak * dist.world_size)
+        return row
 
 
 def _wrap(model: GPT, config: TrainConfig, dist: Distributed, device: str):
@@ -459,8 +534,10 @@ def _evaluate(model, train_data, val_data, config, block_size) -> dict:
             "val_loss": estimate_loss(model, val_data, config, block_size, same_batches())}
 
 
+# ----------------------------------------------------------------------------- the history
+
 @contextlib.contextmanager
-def _open_log(path, history: list[dict]):
+def open_log(path, history: list[dict]):
     """The JSON-lines log, rewritten to hold ``history`` (the rows of a resumed run), or None
     when there is no log."""
     if path is None:
@@ -473,7 +550,9 @@ def _open_log(path, history: list[dict]):
         yield log
 
 
-def _record(row: dict, start: float, history: list, log) -> None:
+def record(row: dict, start: float, history: list, log) -> None:
+    """Stamp ``row`` with ``elapsed_s`` (seconds since ``start``, a ``time.perf_counter()``),
+    append it to ``history`` and write it to ``log`` (``open_log``) as one JSON line."""
     row["elapsed_s"] = time.perf_counter() - start
     history.append(row)
     if log is not None:

@@ -3,9 +3,10 @@ import torch
 
 from minillm import artifacts, pipeline
 from minillm.data import load_shakespeare
+from minillm.dpo import DPOConfig
 from minillm.model import GPTConfig
+from minillm.ppo import PPOConfig
 from minillm.reward import PreferenceConfig
-from minillm.rlhf import DPOConfig, PPOConfig
 from minillm.train import TrainConfig
 
 

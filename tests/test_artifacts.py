@@ -6,8 +6,8 @@ import torch
 
 import minillm.train
 from minillm import artifacts
+from minillm.checkpoint import save_checkpoint
 from minillm.model import GPT
-from minillm.rlhf import save_policy
 
 
 def same_weights(a, b) -> bool:
@@ -52,7 +52,7 @@ def test_reuse_loads_the_saved_policy_instead_of_tuning_again(tiny_recipes, monk
     torch.manual_seed(0)
     policy = GPT(artifacts.base_recipe()[0])
     history = [{"step": 1, "gold": 0.25, "kl": 0.5}, {"step": 2, "gold": 0.5, "kl": 1.0}]
-    save_policy(artifacts.rlhf_policy_path(method), policy, tok, method, history)
+    save_checkpoint(artifacts.rlhf_policy_path(method), policy, tok, stage=method, history=history)
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"{method} ran")

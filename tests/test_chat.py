@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from minillm.artifacts import SPECIAL_TOKENS, char_tokenizer
-from minillm.chat import ASSISTANT, END, USER, chat_ids, prompt_ids, render, respond
+from minillm.chat import ASSISTANT, END, SPECIAL_TOKENS, USER, chat_ids, prompt_ids, render, respond
+from minillm.data import char_tokenizer
 from minillm.model import GPT, GPTConfig
 from minillm.tokenizer import CharTokenizer, Tokenizer
 
@@ -139,3 +139,24 @@ def test_answers_never_outgrow_the_context(tok):
     assert [len(t) for t in texts] == [10, 20 - (16 + 3)]
     with pytest.raises(ValueError, match="leaves no room for an answer"):
         respond(model, tok, ["x" * 17], max_new_tokens=10)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo", "dpo"])
+def test_chat_answers_as_an_assistant_from_a_tuned_policy(tmp_path, stage):
+    import subprocess
+    import sys
+
+    from minillm.checkpoint import load_checkpoint, save_checkpoint
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    path = tmp_path / f"{stage}.pt"
+    save_checkpoint(path, GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1,
+                                        n_head=2, n_embd=16)), tok, stage=stage, history=[])
+    assert load_checkpoint(path).is_assistant
+    chat = subprocess.run([sys.executable, "-m", "minillm", "chat", str(path),
+                           "--max-new-tokens", "5"], input="Speak of love.\n",
+                          capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0, chat.stderr
+    assert f"is an assistant ({stage})" in chat.stdout
+    assert "model> ..." not in chat.stdout  # an answer, not a continuation of a document

@@ -294,7 +294,7 @@ def test_sampling():
 
 
 def test_bad_inputs_give_clear_errors():
-    with pytest.raises(ValueError, match=r"n_embd \(10\) must be divisible by n_head \(3\)"):
+    with pytest.raises(ValueError, match=r"GPTConfig.n_embd must be divisible by n_head \(3\)"):
         GPTConfig(n_embd=10, n_head=3)
     with pytest.raises(ValueError, match="positions must be one of"):
         GPTConfig(positions="alibi")

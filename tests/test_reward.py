@@ -14,30 +14,31 @@ import torch
 import minillm.train
 from minillm import artifacts
 from minillm.checkpoint import load_checkpoint, save_checkpoint
+from minillm.evaluate import calibration, evaluate_reward_model, feature_accuracy, spearman
 from minillm.model import GPT, GPTConfig
+from minillm.recipes import reward_recipe
 from minillm.reward import (
-    Comparisons,
     PreferenceConfig,
     PreferenceData,
     PreferenceDataset,
     RewardModel,
     bradley_terry_loss,
-    calibration,
     encode_responses,
-    evaluate,
-    feature_accuracy,
+    load_reward_model,
+    make_preference_data,
+    train_reward_model,
+)
+from minillm.train import TrainConfig
+from minillm.world import (
+    HELD_OUT_PHRASINGS,
+    TOPICS,
+    TRAIN_PHRASINGS,
+    Comparisons,
     gold_components,
     gold_reward,
     label,
-    load_reward_model,
-    make_preference_data,
     preference_prompts,
-    reward_recipe,
-    spearman,
-    train_reward_model,
 )
-from minillm.sft import HELD_OUT_PHRASINGS, TOPICS, TRAIN_PHRASINGS
-from minillm.train import TrainConfig
 
 GOOD = "My love is as a fever, longing still."
 
@@ -165,7 +166,7 @@ def test_pairs_compare_answers_to_one_prompt_and_never_ties(tiny_data):
 @pytest.mark.parametrize("kwargs, error", [
     ({"samples_per_prompt": 1}, "samples_per_prompt must be an integer >= 2"),
     ({"agreement": 0.3}, "agreement must be from 0.5"),
-    ({"temperature": 0}, "temperature must be positive"),
+    ({"temperature": 0}, "PreferenceConfig.temperature must be a positive number, not 0"),
 ])
 def test_bad_preference_settings_are_one_clear_sentence(kwargs, error):
     with pytest.raises(ValueError, match=error):
@@ -265,14 +266,14 @@ def test_reward_model_learns_a_toy_preference_through_the_engine(tok, tmp_path):
     assert all(torch.equal(p, b) for p, b in zip(gpt.parameters(), before))  # a copy trained
     assert history[0]["val_loss"] == pytest.approx(math.log(2))
     assert history[-1]["val_loss"] < 0.3
-    metrics = evaluate(model, tok, data.held_out)
+    metrics = evaluate_reward_model(model, tok, data.held_out)
     assert metrics["gold_accuracy"] == metrics["label_accuracy"] == 1.0
     assert metrics["n_pairs"] == 32 and metrics["n_prompts"] == 32 and metrics["n_responses"] == 64
 
     saved = load_reward_model(path)
     assert isinstance(saved.model, RewardModel) and saved.state["stage"] == "reward"
     assert saved.state["step"] == 40 and saved.tokenizer.to_json() == tok.to_json()
-    assert evaluate(saved.model, tok, data.held_out)["scores"] == \
+    assert evaluate_reward_model(saved.model, tok, data.held_out)["scores"] == \
         pytest.approx(metrics["scores"], abs=1e-5)
 
 
@@ -332,14 +333,14 @@ def test_evaluate_counts_pairs_and_clusters_by_prompt(tok):
     comparisons = two_prompts()
     model = RewardModel.from_gpt(tiny_gpt(tok))
     torch.nn.init.normal_(model.head.weight, generator=torch.Generator().manual_seed(0))
-    m = evaluate(model, tok, comparisons)
+    m = evaluate_reward_model(model, tok, comparisons)
     s, gold = m["scores"], [r["gold"] for r in comparisons.responses]
     by_label = [s[c] > s[r] for c, r in comparisons.pairs]
     by_gold = [(s[c] > s[r]) == (gold[c] > gold[r]) for c, r in comparisons.pairs]
     assert m["label_accuracy"] == sum(by_label) / 4 and m["gold_accuracy"] == sum(by_gold) / 4
     assert (m["n_pairs"], m["n_prompts"], m["n_responses"]) == (4, 2, 6)
     assert m["spearman"] == pytest.approx(spearman(s, gold))
-    untrained = evaluate(RewardModel.from_gpt(tiny_gpt(tok)), tok, comparisons)
+    untrained = evaluate_reward_model(RewardModel.from_gpt(tiny_gpt(tok)), tok, comparisons)
     assert untrained["label_accuracy"] == untrained["gold_accuracy"] == 0.5  # ties: guesses
 
 
@@ -418,7 +419,7 @@ def test_the_lessons_reward_model_ranks_held_out_answers_like_the_gold_reward():
     # model's answers, their comparisons, the reward model), so the lessons reuse them.
     data = artifacts.preference_data("quick")
     rm = artifacts.reward_model("quick")
-    m = evaluate(rm.model, rm.tokenizer, data.held_out)
+    m = evaluate_reward_model(rm.model, rm.tokenizer, data.held_out)
     features = feature_accuracy(data.held_out, m["scores"])
     report = (f"n={m['n_pairs']} held-out pairs of {m['n_responses']} answers to "
               f"{m['n_prompts']} held-out prompts: gold accuracy {m['gold_accuracy']:.3f} ± "

@@ -12,26 +12,24 @@ import torch
 from minillm import artifacts
 from minillm.chat import prompt_ids, render
 from minillm.checkpoint import load_checkpoint, save_checkpoint
+from minillm.evaluate import clustered_se, summarize
 from minillm.model import GPT, IGNORE_INDEX, GPTConfig
-from minillm.sft import (
+from minillm.policy import answer_prompts
+from minillm.recipes import sft_recipe
+from minillm.sft import SFTDataset, sft
+from minillm.train import TrainConfig
+from minillm.world import (
     HELD_OUT_PHRASINGS,
     LINE_CHARS,
     TOPICS,
     TRAIN_PHRASINGS,
     UNSEEN_TOPICS,
-    SFTDataset,
-    answer_prompts,
-    clustered_se,
     conversation,
     corpus_lines,
     is_on_topic,
     make_sft_data,
-    sft,
-    sft_recipe,
-    summarize,
     topic_forms,
 )
-from minillm.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +249,7 @@ def test_sft_and_chat_commands_on_a_tiny_model(tok, tmp_path):
 
     chat = run_cli("chat", out, "--max-new-tokens", "20", stdin="Speak of love.\n\n<|end|>\n")
     assert chat.returncode == 0, chat.stderr
-    assert "is a finetuned assistant" in chat.stdout
+    assert "is an assistant (sft)" in chat.stdout
     answers = [part for part in chat.stdout.split("you> ") if part.startswith("model> ")]
     assert len(answers) == 1
     assert "error: The character '<' is not in this character-level vocabulary." in chat.stdout

@@ -393,3 +393,21 @@ def test_autocast_dtype_and_peak_flops(monkeypatch):
 def test_bfloat16_autocast_runs_on_cpu():
     history = train(tiny_model(), *toy_data(), quick(max_steps=5, dtype="bfloat16"))
     assert all(math.isfinite(r["train_loss"]) for r in history[1:])
+
+
+def test_train_leaves_the_callers_random_state_as_it_was():
+    model = tiny_model(dropout=0.1)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    history = train(model, *toy_data(), quick(max_steps=3, warmup_steps=1))
+    assert len(history) == 4
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_train_marks_the_checkpoint_with_its_stage(tmp_path):
+    path = tmp_path / "sft.pt"
+    run = quick(max_steps=2, warmup_steps=1, checkpoint_path=path)
+    train(tiny_model(), *toy_data(), run, stage="sft")
+    assert load_checkpoint(path).stage == "sft"
+    with pytest.raises(ValueError, match="A checkpoint's stage is one of"):
+        train(tiny_model(), *toy_data(), run, stage="finetuned")

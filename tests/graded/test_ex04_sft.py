@@ -2,7 +2,8 @@
 
 Expected answers are worked out by hand (in the comments), computed by PyTorch itself
 (``F.cross_entropy`` with ``ignore_index``, autograd), or come from ``minillm.chat`` and
-``minillm.sft``, whose semantics are exactly the exercises'; never from the code under test.
+``minillm.sft`` and ``minillm.world``, whose semantics are exactly the exercises'; never from
+the code under test.
 Each test runs in well under a second.
 """
 
@@ -10,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minillm.artifacts import char_tokenizer
 from minillm.chat import render
+from minillm.data import char_tokenizer
 from minillm.model import GPT, IGNORE_INDEX, GPTConfig
-from minillm.sft import SFTDataset, corpus_lines
-from minillm.sft import is_on_topic as package_is_on_topic
+from minillm.sft import SFTDataset
 from minillm.tokenizer import CharTokenizer
+from minillm.world import corpus_lines
+from minillm.world import is_on_topic as package_is_on_topic
 
 # Three ordinary characters (ids 0-2) and the chat tokens (ids 3-5).
 TINY = CharTokenizer("abc", {"<|user|>": 3, "<|assistant|>": 4, "<|end|>": 5})

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minillm.evaluate import spearman as package_spearman
 from minillm.reward import last_state
-from minillm.reward import spearman as package_spearman
 
 # --- Exercise 05.1: bradley_terry_loss --------------------------------------------------------
 

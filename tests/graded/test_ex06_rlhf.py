@@ -1,7 +1,8 @@
 """Graded tests for lesson 06: the formulas of RLHF (exercises/ex06_rlhf.py).
 
 Expected answers are worked out by hand (in the comments), computed by autograd, or come from
-``minillm.rlhf``, whose semantics are exactly the exercises'; never from the code under test.
+``minillm.ppo`` and ``minillm.dpo``, whose semantics are exactly the exercises'; never from the
+code under test.
 Each test runs in well under a second.
 """
 
@@ -10,7 +11,8 @@ import math
 import pytest
 import torch
 
-from minillm import rlhf
+from minillm.dpo import dpo_loss
+from minillm.ppo import gae, kl_penalty_rewards, ppo_clipped_loss
 
 
 def answer_masks(B: int, T: int, generator: torch.Generator) -> torch.Tensor:
@@ -46,7 +48,7 @@ def test_rewards_match_minillm_on_random_batches(impl):
     scores = torch.randn(12, generator=generator)
     logp, ref_logp = -torch.rand(2, 12, 9, generator=generator) * 4
     got = impl.kl_penalty_rewards(scores, logp.clone(), ref_logp.clone(), mask.clone(), 0.3)
-    want = rlhf.kl_penalty_rewards(scores, logp, ref_logp, mask, 0.3)
+    want = kl_penalty_rewards(scores, logp, ref_logp, mask, 0.3)
     assert torch.allclose(got, want, atol=1e-6)
     # an answer's rewards add up to its score less kl_coef times its KL estimate
     kl = ((logp - ref_logp) * mask).sum(1)
@@ -86,7 +88,7 @@ def test_gae_matches_minillm_on_random_batches(impl):
     rewards, values = torch.randn(2, 10, 12, generator=generator)
     for gamma, lam in ((1.0, 0.95), (0.9, 0.0), (0.99, 0.7)):
         got_a, got_r = impl.gae(rewards.clone(), values.clone(), mask.clone(), gamma, lam)
-        want_a, want_r = rlhf.gae(rewards, values, mask, gamma, lam)
+        want_a, want_r = gae(rewards, values, mask, gamma, lam)
         assert torch.allclose(got_a, want_a, atol=1e-5), f"gamma={gamma}, lam={lam}"
         assert torch.allclose(got_r[mask.bool()], want_r[mask.bool()], atol=1e-5)
 
@@ -125,7 +127,7 @@ def test_clipped_loss_matches_minillm_on_random_batches(impl):
     mask = answer_masks(8, 10, generator)
     logp, old, advantages = torch.randn(3, 8, 10, generator=generator) * 0.3
     got = impl.ppo_clipped_loss(logp, old, advantages, mask, 0.2)
-    want = rlhf.ppo_clipped_loss(logp, old, advantages, mask, 0.2)
+    want = ppo_clipped_loss(logp, old, advantages, mask, 0.2)
     assert got[0].item() == pytest.approx(want[0].item(), abs=1e-6)
     assert float(got[1]) == pytest.approx(want[1].item(), abs=1e-6)
 
@@ -163,4 +165,4 @@ def test_dpo_loss_is_finite_and_matches_minillm(impl):
     generator = torch.Generator().manual_seed(7)
     pc, pr, rc, rr = -torch.rand(4, 32, generator=generator) * 30
     assert impl.dpo_loss(pc, pr, rc, rr, 0.2).item() == pytest.approx(
-        rlhf.dpo_loss(pc, pr, rc, rr, 0.2).item(), abs=1e-6)
+        dpo_loss(pc, pr, rc, rr, 0.2).item(), abs=1e-6)

@@ -1,0 +1,101 @@
+"""The lessons' recipes: every stage's sizes and settings for each profile, as data.
+
+``quick`` runs on a 2-core laptop CPU in minutes (the lessons and CI); ``full`` is sized for a
+GPU (nanoGPT's 10.7M-parameter Shakespeare model for the base) and not tuned yet. Each setting
+says why it is what it is; the experiments behind the quick recipes (what else was tried, and
+how it scored) are in the README, "How the recipes were chosen".
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from minillm.data import char_tokenizer
+from minillm.dpo import DPOConfig
+from minillm.model import GPTConfig
+from minillm.ppo import PPOConfig
+from minillm.reward import PreferenceConfig
+from minillm.settings import profile
+from minillm.train import TrainConfig
+
+
+def _quick(profile_name: str | None) -> bool:
+    return (profile_name or profile()) == "quick"
+
+
+def base_recipe(profile_name: str | None = None) -> tuple[GPTConfig, TrainConfig]:
+    """Lesson 02's base model: its architecture and its pretraining run."""
+    vocab = char_tokenizer().vocab_size  # the corpus's 65 characters and 4 special tokens
+    if _quick(profile_name):
+        model = GPTConfig(
+            vocab_size=vocab,
+            block_size=128,  # a few lines of verse: enough to learn a speech's shape
+            n_layer=4, n_head=4, n_embd=128,  # 0.8M parameters: ~3 minutes on a 2-core CPU
+            dropout=0.0,  # 3000 small steps see each character ~2 times: nothing to regularize
+            bias=False)
+        run = TrainConfig(
+            max_steps=3000,  # many small steps beat few large ones at a fixed CPU budget
+            batch_size=6,  # small batches: more updates per second on two cores
+            lr=2e-3, min_lr=1e-4,  # a tiny model tolerates a high peak rate
+            warmup_steps=100,
+            eval_interval=250, eval_batches=50)
+        return model, run
+    model = GPTConfig(vocab_size=vocab, block_size=256,  # nanoGPT's Shakespeare model
+                      n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False)
+    run = TrainConfig(max_steps=5000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                      eval_interval=250, eval_batches=50)
+    return model, run
+
+
+def sft_recipe(profile_name: str | None = None) -> TrainConfig:
+    """Lesson 04's finetuning run."""
+    if _quick(profile_name):
+        return TrainConfig(
+            max_steps=600,  # about two passes over the training set; more steps kept helping
+            batch_size=32,  # 300 steps of 16 taught the format but not the topics
+            lr=2e-3, min_lr=2e-4,  # at a fixed budget 2e-3 beat 1e-3
+            warmup_steps=30,
+            eval_interval=100, eval_batches=10)
+    return TrainConfig(max_steps=1500, batch_size=64, lr=3e-4, min_lr=3e-5, warmup_steps=100,
+                       eval_interval=250, eval_batches=20)
+
+
+def reward_recipe(profile_name: str | None = None) -> tuple[PreferenceConfig, TrainConfig]:
+    """Lesson 05's comparisons and the training run of its reward model (whose backbone starts
+    from the SFT model)."""
+    comparisons = PreferenceConfig(
+        samples_per_prompt=32,  # 8 over-fit; 64 did no better; 32 gives ~92k training pairs
+        agreement=0.8)  # two such labelers agree 68% of the time, as human raters do (~70%)
+    if _quick(profile_name):
+        return comparisons, TrainConfig(
+            max_steps=400,  # about two passes over the answers; 200 scored a little lower
+            batch_size=2,  # prompts per step, each with all 32 of its answers
+            lr=1e-4, min_lr=1e-5,  # 1e-4 and 2e-4 tied; the backbone is already trained
+            warmup_steps=30,
+            eval_interval=100, eval_batches=10)
+    return comparisons, TrainConfig(max_steps=1000, batch_size=8, lr=5e-5, min_lr=5e-6,
+                                    warmup_steps=50, eval_interval=250, eval_batches=20)
+
+
+def rlhf_recipe(method: str, profile_name: str | None = None) -> PPOConfig | DPOConfig:
+    """Lesson 06's PPO, GRPO or DPO run."""
+    quick = _quick(profile_name)
+    if method == "ppo":
+        ppo = PPOConfig(
+            steps=60,  # ~1 minute on a 2-core CPU; 100 steps at lr 3e-5 gained less
+            prompts_per_step=16, samples_per_prompt=4,  # 64 answers per step
+            kl_coef=0.3,  # 0.3 raised gold; 0 hacked the reward model (gold fell, KL 93)
+            lr=1e-4)
+        return ppo if quick else replace(ppo, steps=400, prompts_per_step=32)
+    if method == "grpo":
+        grpo = PPOConfig(
+            advantages="group", value_coef=0.0,  # GRPO: advantages within a prompt's group
+            prompts_per_step=8, samples_per_prompt=8)  # as many answers per step as PPO's
+        return grpo if quick else replace(grpo, steps=400, prompts_per_step=16)
+    if method == "dpo":
+        dpo = DPOConfig(
+            steps=200, batch_size=32,  # ~6,400 pairs seen: under a tenth of the data, ~1 min
+            beta=0.1,  # the usual strength of the implicit KL constraint
+            lr=5e-5)  # 3e-5 for 300 steps gained less; at 1e-4 both log-probs fell at first
+        return dpo if quick else replace(dpo, steps=1000, batch_size=64)
+    raise ValueError(f"The method is 'ppo', 'grpo' or 'dpo', not {method!r}.")
