@@ -51,7 +51,7 @@ def engine_run(recipe, args: argparse.Namespace, out: Path, **changes):
 
 
 def print_last_evaluation(history: list[dict], out: Path, what: str = "val loss") -> None:
-    from minillm.train import is_main_process
+    from minillm.hardware import is_main_process
 
     if is_main_process():
         last = next(r for r in reversed(history) if "val_loss" in r)

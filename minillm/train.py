@@ -29,6 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from minillm.checkpoint import save_checkpoint
+from minillm.hardware import (
+    AUTOCAST_DTYPES,
+    Distributed,
+    autocast_dtype,
+    init_distributed,
+    mean_across,
+    peak_flops,
+    wrap_for_training,
+)
 from minillm.model import GPT
 from minillm.settings import pick_device
 from minillm.validate import (
@@ -42,9 +51,6 @@ from minillm.validate import (
 )
 
 T = TypeVar("T")
-AUTOCAST_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                   "float16": torch.float16}
-
 
 @dataclass
 class TrainConfig:
@@ -201,67 +207,6 @@ def bits_per_char(loss_nats_per_token: float, tokens: int, chars: int) -> float:
     if tokens < 1 or chars < 1:
         raise ValueError(f"tokens and chars must be positive, not {tokens} and {chars}.")
     return loss_nats_per_token / math.log(2) * tokens / chars
-
-
-# ----------------------------------------------------------------------------- hardware
-
-# Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, in FLOP/s. MFU (model FLOPs
-# utilisation, PaLM appendix B) is achieved model FLOP/s over this peak; on a CPU there is no
-# one agreed peak, so only the achieved FLOP/s is reported.
-PEAK_FLOPS = {"H100": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12, "T4": 65e12}
-
-
-def peak_flops(device: str) -> float | None:
-    """The device's known peak FLOP/s, or None (CPU, MPS, or a GPU not in PEAK_FLOPS)."""
-    if torch.device(device).type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(torch.device(device))
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
-
-
-def autocast_dtype(device: str, dtype: str = "auto") -> torch.dtype:
-    """The dtype the forward pass computes in. "auto" is bfloat16 on a GPU that supports it
-    (same range as float32, so no loss scaling; twice the tensor-core speed, half the memory
-    traffic) and float32 elsewhere: CPUs rarely have fast bf16 matmuls."""
-    if dtype != "auto":
-        return AUTOCAST_DTYPES[dtype]
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-@dataclass
-class Distributed:
-    """Where this process sits in a torchrun launch (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def is_main_process() -> bool:
-    """Whether this process is the one that prints and saves: rank 0 of a torchrun launch (once
-    ``train`` has joined its process group), or a process run alone."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def init_distributed(device: str) -> Distributed:
-    """Join the process group torchrun set up (gloo on a CPU, nccl on CUDA), if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 # ----------------------------------------------------------------------------- one update
@@ -421,7 +366,7 @@ class _Run:
     def loop(self, train_data, val_data, history: list[dict]) -> None:
         config, dist = self.config, self.dist
         restored_rows, rng = len(history), self.rng()
-        stepper = _wrap(self.model, config, dist, self.device)
+        stepper = wrap_for_training(self.model, config.compile, dist, self.device)
         dtype = autocast_dtype(self.device, config.dtype)
         first_step = _steps_done(history) + 1
         start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
@@ -477,33 +422,11 @@ class _Run:
                                      config.grad_clip, dtype)
         seconds = time.perf_counter() - began
         row = {"step": step, "lr": lr_at(step, config),
-               "train_loss": _mean_across(loss, dist, self.device), "grad_norm": grad_norm,
+               "train_loss": mean_across(loss, dist, self.device), "grad_norm": grad_norm,
                "tokens_per_s": tokens / seconds, "flops_per_s": tokens * flops_per_token / seconds}
         if peak:
             row["mfu"] = row["flops_per_s"] / (peak * dist.world_size)
         return row
-
-
-def _wrap(model: GPT, config: TrainConfig, dist: Distributed, device: str):
-    """The module the training steps call: compiled and/or wrapped for data parallelism."""
-    stepper = torch.compile(model) if config.compile else model
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [dist.local_rank] if torch.device(device).type == "cuda" else None
-        stepper = DistributedDataParallel(stepper, device_ids=ids)
-    return stepper
-
-
-def _mean_across(value: float, dist: Distributed, device: str) -> float:
-    """The mean of ``value`` over all processes (each saw a different slice of the batch)."""
-    if dist.world_size == 1:
-        return value
-    import torch.distributed as tdist
-
-    tensor = torch.tensor([value], device=device)
-    tdist.all_reduce(tensor)
-    return tensor.item() / dist.world_size
 
 
 def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str) -> list[dict]:

@@ -10,6 +10,7 @@ written, not deep inside a training loop::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def is_int(value) -> bool:
@@ -29,24 +30,23 @@ def require(config, name: str, ok: bool, what: str) -> None:
                          f"not {getattr(config, name)!r}.")
 
 
-def require_positive_ints(config, *names: str) -> None:
+def require_each(config, names, ok: Callable[[object], bool], what: str) -> None:
+    """``require`` for each field of ``names``, with ``ok`` judging its value."""
     for name in names:
-        value = getattr(config, name)
-        require(config, name, is_int(value) and value >= 1, "a positive integer")
+        require(config, name, ok(getattr(config, name)), what)
+
+
+def require_positive_ints(config, *names: str) -> None:
+    require_each(config, names, lambda v: is_int(v) and v >= 1, "a positive integer")
 
 
 def require_positive_numbers(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        require(config, name, is_number(value) and value > 0, "a positive number")
+    require_each(config, names, lambda v: is_number(v) and v > 0, "a positive number")
 
 
 def require_non_negative_numbers(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        require(config, name, is_number(value) and value >= 0, "a number >= 0")
+    require_each(config, names, lambda v: is_number(v) and v >= 0, "a number >= 0")
 
 
 def require_bools(config, *names: str) -> None:
-    for name in names:
-        require(config, name, isinstance(getattr(config, name), bool), "True or False")
+    require_each(config, names, lambda v: isinstance(v, bool), "True or False")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from minillm import hardware
 from minillm import train as train_module
 from minillm.checkpoint import load_checkpoint
 from minillm.model import GPT, GPTConfig
@@ -377,17 +378,17 @@ def test_compiled_model_trains_like_the_eager_one():
 
 
 def test_autocast_dtype_and_peak_flops(monkeypatch):
-    assert train_module.autocast_dtype("cpu") == torch.float32
-    assert train_module.autocast_dtype("cpu", "bfloat16") == torch.bfloat16
+    assert hardware.autocast_dtype("cpu") == torch.float32
+    assert hardware.autocast_dtype("cpu", "bfloat16") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert train_module.autocast_dtype("cuda") == torch.bfloat16
+    assert hardware.autocast_dtype("cuda") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert train_module.autocast_dtype("cuda") == torch.float32
-    assert train_module.peak_flops("cpu") is None
+    assert hardware.autocast_dtype("cuda") == torch.float32
+    assert hardware.peak_flops("cpu") is None
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA A100-SXM4-80GB")
-    assert train_module.peak_flops("cuda") == 312e12
+    assert hardware.peak_flops("cuda") == 312e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Future GPU")
-    assert train_module.peak_flops("cuda") is None
+    assert hardware.peak_flops("cuda") is None
 
 
 def test_bfloat16_autocast_runs_on_cpu():
