@@ -10,6 +10,7 @@ Every module, in the order the lessons use them; a module imports only those abo
 - ``display``: HTML views of tokens and attention for the lessons
 - ``checkpoint``: a model, its tokenizer and its stage in one file
 - ``hardware``: precision, peak FLOP/s and the processes of a run (data parallelism)
+- ``history``: a run's metrics, one row per step, as data and as JSON lines
 - ``train``: the training engine, and the one optimizer step every trainer takes (lesson 03)
 - ``shards``: token streams on disk (lesson 03)
 - ``world``: the simulated world: topics, SFT data, the gold reward, the noisy labeler

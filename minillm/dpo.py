@@ -25,11 +25,13 @@ from tqdm.auto import tqdm
 
 from minillm.checkpoint import model_and_tokenizer
 from minillm.evaluate import answer_stats
+from minillm.hardware import callers_rng_kept
+from minillm.history import open_log, record
 from minillm.model import GPT
 from minillm.policy import Monitor, rollout, sequence_kl, token_logprobs
 from minillm.reward import encode_responses
 from minillm.settings import pick_device
-from minillm.train import callers_rng_kept, open_log, optimizer_step, record, warmup_lr
+from minillm.train import optimizer_step, warmup_lr
 from minillm.validate import (
     is_int,
     require,

@@ -1,5 +1,6 @@
 """The hardware a run lands on: which precision it computes in, how fast the device can go, and
-where this process sits among several (data parallelism under ``torchrun``).
+where this process sits among several (data parallelism under ``torchrun``), and keeping the
+caller's random state when a library call must reseed.
 
 Nothing here assumes a GPU: on a CPU the precision is float32, the peak is unknown and the run
 is one process; on a GPU bf16 autocast switches on, MFU can be measured, and ``torchrun``
@@ -75,6 +76,15 @@ def init_distributed(device: str) -> Distributed:
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def callers_rng_kept(device: str):
+    """A context in which torch's global random state may be reseeded: the caller's state
+    (CPU, and the GPU's where one is used) comes back afterwards, as a library call should."""
+    kind = torch.device(device).type
+    if kind in ("cuda", "mps"):
+        return torch.random.fork_rng(device_type=kind)
+    return torch.random.fork_rng(devices=[])
 
 
 def wrap_for_training(model, compile: bool, dist: Distributed, device: str):

@@ -9,13 +9,12 @@ per step, that the lessons plot.
 The defaults are a CPU recipe for the 0.83M-parameter character model: many small steps
 (batch 12) at a high learning rate (2e-3) beat few large ones (README, "How the recipes were
 chosen"). PPO and DPO (``minillm.ppo``, ``minillm.dpo``) take their updates with this module's
-``optimizer_step`` and write their histories with ``open_log``/``record`` too.
+``optimizer_step`` and write their histories with ``minillm.history`` too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -33,24 +32,21 @@ from minillm.hardware import (
     AUTOCAST_DTYPES,
     Distributed,
     autocast_dtype,
+    callers_rng_kept,
     init_distributed,
     mean_across,
     peak_flops,
     wrap_for_training,
 )
+from minillm.history import open_log, record
 from minillm.model import GPT
 from minillm.settings import pick_device
-from minillm.validate import (
-    is_int,
-    is_number,
-    require,
-    require_bools,
-    require_non_negative_numbers,
-    require_positive_ints,
-    require_positive_numbers,
-)
+from minillm.validate import is_int, is_number, require, require_bools
+from minillm.validate import require_non_negative_numbers as non_negative
+from minillm.validate import require_positive_ints as positive_ints
 
 T = TypeVar("T")
+
 
 @dataclass
 class TrainConfig:
@@ -82,18 +78,18 @@ class TrainConfig:
     progress: bool = True  # a tqdm progress bar
 
     def __post_init__(self):
-        require_positive_ints(self, "max_steps", "batch_size", "eval_interval", "eval_batches",
+        positive_ints(self, "max_steps", "batch_size", "eval_interval", "eval_batches",
                               "grad_accum_steps")
         require(self, "warmup_steps",
                 is_int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
                 f"an integer from 0 to max_steps ({self.max_steps})")
-        require_positive_numbers(self, "lr")
+        require(self, "lr", is_number(self.lr) and self.lr > 0, "a positive number")
         require(self, "min_lr", is_number(self.min_lr) and 0 <= self.min_lr <= self.lr,
                 f"a number from 0 to lr ({self.lr})")
         for name in ("beta1", "beta2"):
             require(self, name, is_number(getattr(self, name)) and 0 <= getattr(self, name) < 1,
                     "a number in [0, 1)")
-        require_non_negative_numbers(self, "weight_decay", "grad_clip")
+        non_negative(self, "weight_decay", "grad_clip")
         require(self, "block_size",
                 self.block_size is None or (is_int(self.block_size) and self.block_size >= 1),
                 "a positive integer or None")
@@ -273,15 +269,6 @@ def global_batch(data, config: TrainConfig, block_size: int, generator: torch.Ge
     return list(zip(x[mine].split(config.batch_size), y[mine].split(config.batch_size)))
 
 
-def callers_rng_kept(device: str):
-    """A context in which torch's global random state may be reseeded: the caller's state
-    (CPU, and the GPU's where one is used) comes back afterwards, as a library call should."""
-    kind = torch.device(device).type
-    if kind in ("cuda", "mps"):
-        return torch.random.fork_rng(device_type=kind)
-    return torch.random.fork_rng(devices=[])
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
@@ -455,32 +442,6 @@ def _evaluate(model, train_data, val_data, config, block_size) -> dict:
     return {"eval_train_loss": estimate_loss(model, train_data, config, block_size,
                                              same_batches()),
             "val_loss": estimate_loss(model, val_data, config, block_size, same_batches())}
-
-
-# ----------------------------------------------------------------------------- the history
-
-@contextlib.contextmanager
-def open_log(path, history: list[dict]):
-    """The JSON-lines log, rewritten to hold ``history`` (the rows of a resumed run), or None
-    when there is no log."""
-    if path is None:
-        yield None
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as log:
-        log.writelines(json.dumps(row) + "\n" for row in history)
-        yield log
-
-
-def record(row: dict, start: float, history: list, log) -> None:
-    """Stamp ``row`` with ``elapsed_s`` (seconds since ``start``, a ``time.perf_counter()``),
-    append it to ``history`` and write it to ``log`` (``open_log``) as one JSON line."""
-    row["elapsed_s"] = time.perf_counter() - start
-    history.append(row)
-    if log is not None:
-        log.write(json.dumps(row) + "\n")
-        log.flush()  # a crash loses at most the row being written
 
 
 def _steps_done(history: list) -> int:
