@@ -246,6 +246,16 @@ def chat_command(args: argparse.Namespace) -> None:
             print(f"error: {err}")
 
 
+def export_command(args: argparse.Namespace) -> None:
+    from minillm.export import export, read_export
+
+    out = export(args.checkpoint, args.out, args.dtype)
+    exported = read_export(out)
+    n = sum(w.size for name, w in exported.weights.items())
+    print(f"{out}: {exported.size:,} bytes, {n:,} parameters in {args.dtype}; run it with")
+    print(f"  cc -O2 -o run {Path(__file__).with_name('run.c')} -lm && ./run {out} -p 'ROMEO:'")
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
@@ -384,6 +394,13 @@ def main(argv: list[str] | None = None) -> None:
     talk.add_argument("--max-new-tokens", type=_positive_int, default=100)
     talk.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     talk.set_defaults(run=chat_command)
+    exp = stages.add_parser("export", help="write a language model as one flat file that "
+                                           "minillm/run.c (C) or minillm.numpy_runner runs")
+    exp.add_argument("checkpoint", help="a language model's checkpoint (base, SFT, PPO, GRPO, DPO)")
+    exp.add_argument("out", help="the file to write, e.g. model.bin")
+    exp.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
+                     help="how the matrices are stored (default fp32: exact)")
+    exp.set_defaults(run=export_command)
     args = parser.parse_args(argv)
     try:
         args.run(args)
