@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def pack_header(header: dict) -> bytes:
 
 def unpack_header(data: bytes, name: str = "the data") -> dict:
     """The fields of ``pack_header``; an ExportError for a foreign, future or short file."""
-    if data[:4] != MAGIC[:len(data[:4])] or len(data) < 4:
+    if len(data) < 4 or data[:4] != MAGIC:
         raise ExportError(f"{name} is not a minillm export (it does not start with {MAGIC!r}).")
     if len(data) < HEADER_SIZE:
         raise ExportError(f"{name} is truncated: it ends inside the {HEADER_SIZE}-byte header.")
@@ -360,3 +361,36 @@ def encode_prompt(exported: Exported, text: str) -> list[int]:
     if tok is None:
         raise ValueError("This file holds no tokenizer: pass token ids instead of text.")
     return tok.encode(text)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def held_out_bits(model, ids, batch_size: int = 32) -> float:
+    """Mean bits per token of ``model`` on ``ids`` (a 1-D tensor), cut into windows of
+    block_size tokens, each predicted from its own start; for a character model, bits per
+    character."""
+    import torch
+
+    bs = model.config.block_size
+    n = (len(ids) - 1) // bs
+    x, y = ids[:n * bs].view(n, bs), ids[1:n * bs + 1].view(n, bs)
+    total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            _, loss = model(x[i:i + batch_size], y[i:i + batch_size])
+            total += loss.item() * len(x[i:i + batch_size])
+    return total / n / math.log(2)
+
+
+def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """This machine's memory bandwidth in bytes per second: the best of ``repeats`` copies of a
+    ``megabytes`` array (each copy reads and writes every byte, so it moves twice its size)."""
+    a = np.ones(megabytes * 2**20 // 8)
+    b = np.empty_like(a)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.nbytes / best
