@@ -8,8 +8,7 @@ engine), ``checkpoint`` (saving and loading models), ``shards`` (token streams o
 training and metrics), ``reward`` (the simulated labeler, comparisons and the reward model),
 ``grade`` (the exercise grader), ``settings`` (profiles, devices and
 the artifact folder).
-``export`` (a model as one flat file), ``numpy_runner`` (that file run by NumPy) and ``run.c``
-(that file run by 400 lines of C): lesson 08.
+``export``, ``numpy_runner`` and ``run.c``: a model as one flat file, run without PyTorch (08).
 """
 
 __version__ = "0.1.0"

@@ -327,8 +327,14 @@ def read_export(path) -> Exported:
     data = path.read_bytes()
     name = path.name
     h = unpack_header(data, name)
-    if h["dtype"] not in DTYPES.values() or h["tokenizer"] not in TOKENIZERS.values():
-        raise ExportError(f"{name} has an unknown dtype or tokenizer code; it is damaged.")
+    sizes = [h[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
+                            "mlp_hidden")]
+    if (min(sizes) < 1 or max(sizes) > 2**24 or h["n_layer"] > 4096 or h["n_embd"] % h["n_head"]
+            or h["dtype"] not in DTYPES.values() or h["tokenizer"] not in TOKENIZERS.values()
+            or h["n_special"] > h["n_tokens"] or h["n_tokens"] > h["vocab_size"]
+            or (h["tokenizer"] == TOKENIZERS["none"]) != (h["n_tokens"] == 0)
+            or h["flags"] >= 2 * max(FLAGS.values())):
+        raise ExportError(f"{name} has a damaged header (impossible sizes).")
     offset = HEADER_SIZE
 
     def take(n: int) -> bytes:

@@ -116,17 +116,23 @@ static void load(Model *M, const char *file) {
                 "use the run.c of the minillm that wrote it.\n", file, version);
         exit(1);
     }
-    int *h = &M->V;
-    for (int i = 0; i < 11; i++) h[i] = (int)u32();
-    if (M->V < 1 || M->T < 1 || M->L < 1 || M->H < 1 || M->C < 1 || M->C % M->H || M->F < 1 ||
-        M->dtype > INT8 || M->n_tokens > M->V || M->V > 1 << 24 || M->C > 1 << 16)
-        die("the model file's header is damaged (impossible sizes).");
+    int *field[] = {&M->V, &M->T, &M->L, &M->H, &M->C, &M->F, &M->flags, &M->dtype,
+                    &M->tokenizer, &M->n_tokens, &M->n_special};
+    for (int i = 0; i < 11; i++) { uint32_t v = u32(); *field[i] = v > 1u << 24 ? -1 : (int)v; }
+    if (M->V < 1 || M->T < 1 || M->L < 1 || M->L > 4096 || M->H < 1 || M->C < 1 || M->C % M->H ||
+        M->F < 1 || M->flags < 0 || M->dtype < 0 || M->dtype > INT8 || M->tokenizer < 0 ||
+        M->tokenizer > 2 || M->n_tokens < 0 || M->n_tokens > M->V || M->n_special < 0 ||
+        M->n_special > M->n_tokens || (M->tokenizer == 0) != (M->n_tokens == 0)) {
+        fprintf(stderr, "error: %s has a damaged header (impossible sizes).\n", file);
+        exit(1);
+    }
     M->special = alloc(4 * (size_t)M->n_special + 4);
     for (int i = 0; i < M->n_special; i++) M->special[i] = (int)u32();
     M->tok = alloc(sizeof(char *) * (M->n_tokens + 1)); M->tok_len = alloc(4 * (size_t)M->n_tokens + 4);
     for (int i = 0; i < M->n_tokens; i++) {
-        int n = M->tok_len[i] = (int)u32();
-        M->tok[i] = alloc((size_t)n + 1); memcpy(M->tok[i], take((size_t)n), (size_t)n);
+        uint32_t n = u32();
+        const unsigned char *bytes = take(n);
+        M->tok_len[i] = (int)n; M->tok[i] = alloc((size_t)n + 1); memcpy(M->tok[i], bytes, n);
     }
     take(u32());                                   /* the BPE split pattern: Python's business */
     int C = M->C, V = M->V, F = M->F, d = M->dtype, bias = M->flags & BIAS;

@@ -171,6 +171,28 @@ def test_bad_files_are_one_sentence_from_python(tmp_path, tok):
         ex.encode_prompt(ex.read_export(good), "Speak of 9.")
 
 
+def test_a_damaged_header_field_is_one_sentence_from_python_and_c(tmp_path, tok):
+    good = exported(tmp_path, random_model(tok.vocab_size), tok).read_bytes()
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    binary = tmp_path / "run"
+    if compiler:
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(RUN_C), "-lm"], check=True)
+    for k, field in enumerate(ex.HEADER_FIELDS):
+        for value in (0, 7, 2**32 - 1):
+            path = tmp_path / f"{field}-{value}.bin"
+            path.write_bytes(good[:8 + 4 * k] + struct.pack("<I", value) + good[12 + 4 * k:])
+            if struct.pack("<I", value) == good[8 + 4 * k:12 + 4 * k]:
+                continue  # the value it already had
+            with pytest.raises(ex.ExportError) as raised:
+                ex.read_export(path)
+            assert "\n" not in str(raised.value), (field, value)
+            if compiler:
+                finished = run(binary, path, "-n", "3", "-t", "0")
+                assert finished.returncode == 1, (field, value, finished)
+                assert len(finished.stderr.strip().splitlines()) == 1, (field, value, finished)
+                assert finished.stderr.startswith("error: "), (field, value, finished)
+
+
 # ---- int8 and fp16 ------------------------------------------------------------------------
 
 def test_int8_rows_round_to_within_half_a_step():
@@ -449,3 +471,17 @@ def test_each_learner_mistake_fails_a_graded_test(exercise, mistake, right, wron
         except Exception as err:  # an assertion, or the error the mistake causes
             caught.append(f"{test.__name__}: {type(err).__name__}")
     assert caught, f"no graded test of {exercise} catches the mistake: {mistake}"
+
+
+def test_a_model_without_tokenizer_runs_from_ids(tmp_path, tok, runner):
+    model = random_model(tok.vocab_size, seed=6)
+    file = ex.export(model, tmp_path / "bare.bin")
+    back = ex.read_export(file)
+    assert back.tokenizer() is None and back.header["n_tokens"] == 0
+    ids = [5, 6, 7]
+    assert ids_of(run(runner, file, "-i", "5,6,7", "-n", "50", "-t", "0", "-I")) == \
+        window_reference(model, ids, 50) == nr.generate(back, ids, 50)
+    refused = run(runner, file, "-p", "ROMEO:")
+    assert refused.returncode == 1 and "has no tokenizer" in refused.stderr
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        ex.encode_prompt(back, "ROMEO:")
