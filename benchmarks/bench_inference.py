@@ -3,11 +3,13 @@
 Prints, from one run with one thread each: tokens per second of the three runners (greedy,
 within the context window, best of several repeats), the file size and held-out bits per
 character of the fp32, fp16 and int8 exports, and the memory-bandwidth bound (tokens/s <=
-bandwidth / bytes read per token) measured with a large NumPy copy.
+bandwidth / bytes read per token) measured with a large NumPy copy; then checks that 200
+greedy tokens from C and NumPy equal PyTorch's for the base, SFT and PPO models.
 
     python benchmarks/bench_inference.py            # needs a C compiler (cc) for the C column
 
-The model comes from ``MINILLM_HOME`` (trained first if missing: ~3 minutes on a 2-core CPU).
+The models come from ``MINILLM_HOME`` (made first if missing: the base model takes ~3 minutes
+on a 2-core CPU, the SFT and PPO models ~7 more).
 """
 
 import os
@@ -51,6 +53,44 @@ def c_rate(binary: Path, file: Path, n: int) -> float:
                              capture_output=True, text=True, check=True)
         rates.append(float(re.search(r"([\d.]+) tokens/s", out.stderr).group(1)))
     return max(rates)
+
+
+@torch.no_grad()
+def window_reference(model, ids: list[int], n: int) -> list[int]:
+    """Greedy tokens under the runners' window policy, each step a plain forward (see run.c)."""
+    bs = model.config.block_size
+    slide, ids, new = max(1, bs // 4), list(ids), []
+    s = max(0, len(ids) - bs)
+    for _ in range(n):
+        if new and len(ids) - s > bs:
+            s = len(ids) - (bs - slide)
+        token = int(model(torch.tensor([ids[s:]]))[0][0, -1].argmax())
+        ids.append(token)
+        new.append(token)
+    return new
+
+
+def greedy_agreement(binary: Path | None, folder: Path, n: int = 200) -> None:
+    """200 greedy tokens from C and NumPy against PyTorch, for the base, SFT and PPO models."""
+    from minillm.chat import prompt_ids
+
+    print(f"\n{n} greedy tokens, past the context window, against PyTorch:")
+    for name, checkpoint in [("base", artifacts.base_model()), ("SFT", artifacts.sft_model()),
+                             ("PPO", artifacts.rlhf_policy("ppo"))]:
+        model, tok = checkpoint.model.cpu().eval(), checkpoint.tokenizer
+        ids = (tok.encode(PROMPT) if name == "base"
+               else prompt_ids([{"role": "user", "content": "Speak of love."}], tok))
+        path = export(checkpoint, folder / f"{name}.bin")
+        want = window_reference(model, ids, n)
+        numpy_same = sum(a == b for a, b in zip(nr.generate(read_export(path), ids, n), want))
+        line = f"  {name:5} NumPy {numpy_same}/{n} equal"
+        if binary:
+            out = subprocess.run([str(binary), str(path), "-i", ",".join(map(str, ids)), "-n",
+                                  str(n), "-t", "0", "-I"], capture_output=True, text=True,
+                                 check=True)
+            c_same = sum(a == b for a, b in zip(map(int, out.stdout.split()), want))
+            line += f", C {c_same}/{n} equal"
+        print(line)
 
 
 def main() -> None:
@@ -99,6 +139,7 @@ def main() -> None:
               f"is that divided by the bytes a token reads (the whole file). This model fits in "
               f"the CPU's caches, so its real limit is arithmetic; Llama-2-70B in fp16 reads "
               f"140 GB a token: {bandwidth / 140e9:.2f} tokens/s here at most.")
+        greedy_agreement(binary if compiler else None, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
