@@ -5,8 +5,8 @@ Implement the functions below; each matches a section of the lesson:
 1. ``pack_header``: the first 52 bytes of an exported model (section 2);
 2. ``unpack_header``: reading them back, refusing a foreign, truncated or future file
    (section 2);
-3. ``quantize_int8``: per-row int8 weights and their scales (section 6);
-4. ``dequantize_int8``: the floats they stand for (section 6);
+3. ``quantize_int8``: per-row int8 weights and their scales (section 5);
+4. ``dequantize_int8``: the floats they stand for (section 5);
 5. ``block_step``: one transformer block for one new token, with a KV cache, in NumPy
    (section 3).
 

@@ -2,7 +2,7 @@
 
 ``export`` turns any course checkpoint of a language model (base, SFT, PPO/GRPO/DPO policy;
 character or BPE tokenizer; every architecture switch of ``GPTConfig``) into one flat binary
-file that a 500-line C program (``minillm/run.c``) or a NumPy forward pass
+file that a C program of under 500 lines (``minillm/run.c``) or a NumPy forward pass
 (``minillm/numpy_runner.py``) can run with no PyTorch. ``read_export`` reads it back, into NumPy
 arrays (``load``) or into a ``GPT`` (``to_gpt``), whose logits equal the checkpoint's bit for
 bit when the weights were written as fp32.
