@@ -22,6 +22,8 @@ Every module, in the order the lessons use them; a module imports only those abo
 - ``dpo``: DPO (lesson 06)
 - ``recipes``: every stage's settings for each profile, as data
 - ``artifacts``: what each lesson leaves for the next, made on demand
+- ``export``, ``numpy_runner`` (and ``run.c``): a model as one flat file, run without PyTorch
+  (lesson 08)
 - ``pipeline``: every stage in one command; ``reference``: is my loss normal?
 - ``grade``: the exercise grader; ``__main__``: the command line
 - ``settings``: profiles, devices and the artifact folder; ``files``: atomic writes;

@@ -246,6 +246,16 @@ def reply(checkpoint, line: str, args: argparse.Namespace, generator: torch.Gene
     return f"...{tok.decode(out[0, ids.size(1):].tolist())}"
 
 
+def export_command(args: argparse.Namespace) -> None:
+    from minillm.export import export, read_export
+
+    out = export(args.checkpoint, args.out, args.dtype)
+    exported = read_export(out)
+    n = sum(w.size for name, w in exported.weights.items())
+    print(f"{out}: {exported.size:,} bytes, {n:,} parameters in {args.dtype}; run it with")
+    print(f"  cc -O2 -o run {Path(__file__).with_name('run.c')} -lm && ./run {out} -p 'ROMEO:'")
+
+
 # ----------------------------------------------------------------------------- the parser
 
 def _positive_int(text: str) -> int:
@@ -287,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True)
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
-                _add_pipeline, _add_chat):
+                _add_pipeline, _add_chat, _add_export):
         add(stages, shared)
     return parser
 
@@ -402,6 +412,16 @@ def _add_chat(stages, shared) -> None:
     talk.add_argument("--max-new-tokens", type=_positive_int, default=100)
     talk.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     talk.set_defaults(run=chat_command)
+
+
+def _add_export(stages, shared) -> None:
+    exp = stages.add_parser("export", help="write a language model as one flat file that "
+                                           "minillm/run.c (C) or minillm.numpy_runner runs")
+    exp.add_argument("checkpoint", help="a language model's checkpoint (base, SFT, PPO, GRPO, DPO)")
+    exp.add_argument("out", help="the file to write, e.g. model.bin")
+    exp.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
+                     help="how the matrices are stored (default fp32: exact)")
+    exp.set_defaults(run=export_command)
 
 
 def main(argv: list[str] | None = None) -> None:
