@@ -11,6 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+# The exercises that each exercise calls: when those fail too, the grader says to fix them first.
+EXERCISE_CALLS = {"sample_next": ("top_k_filter", "top_p_filter")}
+
 INF = float("inf")
 
 
