@@ -67,7 +67,7 @@ MISTAKES = [
          "(ids[i], ids[i + 1]) == pair", "{ids[i], ids[i + 1]} == set(pair)"),
     ),
     *mistakes(T01, "train_bpe",
-        ("forgets to keep the merged ids", "merge it everywhere before the next step",
+        ("forgets to keep the merged ids", "everywhere before the next step",
          "ids = merge_pair(ids, most_frequent, new_id)", "merge_pair(ids, most_frequent, new_id)"),
         ("learns one merge too many", r"vocab_size - 256",
          "range(256, vocab_size)", "range(256, vocab_size + 1)"),
@@ -86,7 +86,7 @@ MISTAKES = [
         ("merges the last learned pair first", "lowest merge id|learned first",
          'first_learned = min(pairs, key=lambda pair: merges.get(pair, float("inf")))',
          "first_learned = max(pairs, key=lambda pair: merges.get(pair, -1))"),
-        ("applies each merge once, in the order of the text's pairs", "could still be merged",
+        ("applies each merge once, in the order of the text's pairs", "as long as",
          "    while len(ids) >= 2:\n        pairs = get_pair_counts(ids)\n",
          "    for pair in list(get_pair_counts(ids)):\n        if pair in merges:\n"
          "            ids = merge_pair(ids, pair, merges[pair])\n"
@@ -138,7 +138,7 @@ MISTAKES = [
          "torch.sqrt(variance + eps) * weight", "(variance + eps) * weight"),
     ),
     *mistakes(T02, "top_k_filter",
-        ("drops logits tied with the k-th largest", "tied with the k-th largest",
+        ("drops logits tied with the k-th largest", "ties with it",
          'return logits.masked_fill(logits < kth_largest, float("-inf"))',
          'top = logits.topk(k, dim=-1)\n'
          '    return torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)'),
@@ -157,7 +157,7 @@ MISTAKES = [
          "mass_above = probs.cumsum(dim=-1) - probs", "mass_above = probs.cumsum(dim=-1)"),
         ("sums raw logits, not probabilities", "probabilities",
          "probs = sorted_logits.softmax(dim=-1)", "probs = sorted_logits"),
-        ("returns the logits in sorted order", "original order",
+        ("returns the logits in sorted order", "keep their values and positions",
          'return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)',
          "return sorted_logits"),
         ("ranks from least likely", "most likely",
@@ -482,6 +482,7 @@ def exercises_to_run(mistake: Mistake) -> set[str]:
 
 def verdict(mistake: Mistake, result) -> dict:
     """Whether the grader caught the mistake by name, and what it said."""
+    result.verbose = True  # every failing test's message: the rule may be named in any of them
     scores = {score.name: score for score in result.exercises}
     mine = scores[mistake.exercise]
     lost = mine.points < mine.points_possible
