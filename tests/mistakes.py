@@ -363,14 +363,14 @@ MISTAKES = [
          "return wins.mean().item()", "return wins.sum().item()"),
     ),
     *mistakes(T05, "spearman",
-        ("gives tied values different ranks", "share the mean of the ranks",
+        ("gives tied values different ranks", r"shar\w+ the mean of the ranks",
          "            for k in order[start:end + 1]:\n"
          "                result[k] = (start + end) / 2",
          "            for offset, k in enumerate(order[start:end + 1]):\n"
          "                result[k] = start + offset"),
         ("correlates the values, not their ranks", "ranks",
          "a, b = ranks(xs), ranks(ys)", "a, b = list(xs), list(ys)"),
-        ("gives ties the lowest of their ranks", "share the mean of the ranks",
+        ("gives ties the lowest of their ranks", r"shar\w+ the mean of the ranks",
          "result[k] = (start + end) / 2", "result[k] = float(start)"),
         ("forgets the square root", "sqrt",
          "spread = math.sqrt(", "spread = ("),
