@@ -110,6 +110,9 @@ class GradedTest:
     detail: str = ""
     calls: tuple[str, ...] = ()  # the other exercises of the lesson this exercise calls
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calls", tuple(self.calls))  # JSON gives a list
+
 
 @dataclass(frozen=True)
 class ExerciseScore:
@@ -265,8 +268,7 @@ class GradeResult:
 
     @classmethod
     def from_json(cls, data: dict, verbose: bool = False) -> GradeResult:
-        tests = [GradedTest(**{**test, "calls": tuple(test.get("calls", ()))})
-                 for test in data["tests"]]
+        tests = [GradedTest(**test) for test in data["tests"]]
         return cls(impl=data["impl"], tests=tests, verbose=verbose)
 
 
@@ -304,7 +306,7 @@ def failure_reason(excinfo: pytest.ExceptionInfo) -> str:
     if excinfo.errisinstance((AssertionError, pytest.fail.Exception, pytest.skip.Exception)):
         # pytest appends its own explanation ("assert [1] == [2]") after a message: drop it.
         message = list(itertools.takewhile(lambda line: not line.startswith("assert "), lines))
-        return " ".join(line.strip() for line in message) or "an assertion failed"
+        return " ".join(line.strip() for line in message) or (lines or ["an assertion failed"])[0]
     first_line = lines[0] if lines else ""
     return f"{excinfo.typename}: {first_line}" if first_line else excinfo.typename
 

@@ -55,7 +55,8 @@ MISTAKES = [
          "for pair in pairwise(ids):", "for pair in zip(ids, ids[1:] + ids[:1]):"),
     ),
     *mistakes(T01, "merge_pair",
-        ("lets occurrences overlap", "never overlap", "            i += 2\n", "            i += 1\n"),
+        ("lets occurrences overlap", "never overlap",
+         "            i += 2\n", "            i += 1\n"),
         ("edits the input list in place", "input list is left unchanged",
          "    merged = []\n    i = 0\n    while i < len(ids):",
          "    i = 0\n    while i < len(ids) - 1:\n        if (ids[i], ids[i + 1]) == pair:\n"
@@ -77,7 +78,8 @@ MISTAKES = [
         ("does not stop when no pairs are left", "no pairs are left",
          "        if not counts:\n            break\n", ""),
         ("starts from characters, not UTF-8 bytes", "UTF-8 bytes",
-         'ids = list(text.encode("utf-8"))\n    merges', "ids = [ord(c) for c in text]\n    merges"),
+         'ids = list(text.encode("utf-8"))\n    merges',
+         "ids = [ord(c) for c in text]\n    merges"),
     ),
     *mistakes(T01, "encode",
         ("merges the most frequent pair, not the first learned", "lowest merge id|learned first",
@@ -165,7 +167,8 @@ MISTAKES = [
     ),
     *mistakes(T02, "sample_next",
         ("applies the temperature after the filters", "temperature first",
-         "    logits = logits / temperature  # a new tensor: the caller's logits stay as they were\n"
+         "    logits = logits / temperature  "
+         "# a new tensor: the caller's logits stay as they were\n"
          "    if top_k is not None:\n        logits = top_k_filter(logits, top_k)\n"
          "    if top_p is not None:\n        logits = top_p_filter(logits, top_p)\n",
          "    if top_k is not None:\n        logits = top_k_filter(logits, top_k)\n"
@@ -311,7 +314,8 @@ MISTAKES = [
     ),
     *mistakes(T04, "is_on_topic",
         ("looks for the topic as a substring", "one of its words",
-         "return any(word in forms for word in re.findall(r\"[a-z]+(?:'[a-z]+)*\", answer.lower()))",
+         "return any(word in forms for word in re.findall(r\"[a-z]+(?:'[a-z]+)*\", "
+         "answer.lower()))",
          "return topic in answer.lower()"),
         ("forgets to lowercase", "lowercased",
          "re.findall(r\"[a-z]+(?:'[a-z]+)*\", answer.lower())",

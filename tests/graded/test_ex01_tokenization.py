@@ -191,7 +191,7 @@ def test_merge_pair_edge_cases(impl):
     check_merge(impl, [3, 1, 2], (1, 2), 256, "a pair at the very end merges too")
 
 
-@pytest.mark.exercise("merge_pair", points=1)
+@pytest.mark.exercise("merge_pair", points=2)
 def test_merge_pair_leaves_its_input_unchanged(impl):
     ids = [1, 2, 3, 1, 2]
     impl.merge_pair(ids, (1, 2), 256)

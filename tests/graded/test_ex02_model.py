@@ -31,17 +31,17 @@ def attention_hint(q, k, v, out):
     T, D = q.size(-2), q.size(-1)
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
     variants = {
-        "no mask: the future must be masked (set scores above the diagonal to -inf)":
+        "no causal mask; set the scores of the future (key j > query i) to -inf":
             F.scaled_dot_product_attention(q, k, v),
-        "scores divided by D: divide by sqrt(D)": F.scaled_dot_product_attention(
+        "scores divided by D; divide them by sqrt(D)": F.scaled_dot_product_attention(
             q / math.sqrt(D), k, v, is_causal=True),
-        "softmax over the queries: take the softmax over the keys (the last dimension)":
+        "a softmax over the queries; take it over the keys (the last dimension)":
             ((q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(future, -INF)
              .softmax(-2).nan_to_num() @ v),
     }
     for what, variant in variants.items():
         if out.shape == variant.shape and torch.allclose(out, variant, atol=1e-5):
-            return f" The output is that of {what}."
+            return f" Your output is what attention gives with {what}."
     return ""
 
 
@@ -57,7 +57,7 @@ def test_attention_by_hand(impl):
     assert torch.allclose(out, torch.tensor([[4.0], [7.0]]), atol=1e-5), (
         f"q = [[0], [log 3]], k = [[0], [1]], v = [[4], [8]] gave {show(out)}, expected "
         "[[4], [7]]: position 0 sees only its own position (never the future), position 1 "
-        "weighs the values 1/4 and 3/4 (softmax over the keys)." + attention_hint(q, k, v, out)
+        "weighs the values 1/4 and 3/4 (a softmax over the keys)." + attention_hint(q, k, v, out)
     )
 
 
@@ -129,22 +129,22 @@ def layer_norm_hint(x, weight, bias, eps, out):
     centred = x - x.mean(-1, keepdim=True)
     variance = centred.pow(2).mean(-1, keepdim=True)
     variants = {
-        "the variance divided by C - 1: divide by C":
+        "the variance divided by C - 1; divide it by C":
             centred / torch.sqrt(x.var(-1, keepdim=True) + eps) * weight + bias,
-        "eps added outside the square root: use sqrt(variance + eps)":
+        "eps added outside the square root; use sqrt(variance + eps)":
             centred / (torch.sqrt(variance) + eps) * weight + bias,
-        "a division by the variance: divide by sqrt(variance + eps)":
+        "a division by the variance; divide by sqrt(variance + eps)":
             centred / (variance + eps) * weight + bias,
-        "the bias added before the gain: multiply by weight, then add bias":
+        "the bias added before the gain; multiply by weight, then add bias":
             (centred / torch.sqrt(variance + eps) + bias) * weight,
     }
     if x.dim() > 1:
         first = x - x.mean(0, keepdim=True)
-        variants["statistics over the first dimension: normalize over the last dimension"] = (
+        variants["statistics over the first dimension; normalize over the last one"] = (
             first / torch.sqrt(first.pow(2).mean(0, keepdim=True) + eps) * weight + bias)
     for what, variant in variants.items():
         if torch.allclose(out, variant, atol=1e-5, equal_nan=True):
-            return f" The output is what {what} gives."
+            return f" Your output is what layer norm gives with {what}."
     return ""
 
 
@@ -154,7 +154,7 @@ def check_layer_norm(impl, x, weight, bias, eps, rule):
     assert out.shape == x.shape, f"layer_norm of shape {tuple(x.shape)} gave {tuple(out.shape)}"
     assert torch.allclose(out, want, atol=1e-5), (
         f"layer_norm({show(x)}, weight={show(weight)}, bias={show(bias)}, eps={eps}) returned "
-        f"{show(out)}, expected {show(want)}: {rule}"
+        f"{show(out)}, expected {show(want)}: {rule}."
         + layer_norm_hint(x, weight, bias, eps, out)
     )
 
@@ -368,7 +368,8 @@ def test_samples_follow_the_softmax(impl):
 @pytest.mark.exercise("sample_next", points=2)
 def test_temperature_reshapes_the_distribution(impl):
     rule = "divide the logits by temperature before the softmax"
-    # logits / 2 turn the probabilities 1 : 2 : 3 into 1 : sqrt 2 : sqrt 3, logits / 0.5 into 1 : 4 : 9
+    # logits / 2 turn the probabilities 1 : 2 : 3 into 1 : sqrt 2 : sqrt 3,
+    # and logits / 0.5 into 1 : 4 : 9
     check_frequencies(impl, [1.0, math.sqrt(2), math.sqrt(3), 0.0], rule, temperature=2.0)
     check_frequencies(impl, [1, 4, 9, 0], rule, temperature=0.5)
 
@@ -415,7 +416,7 @@ def test_sampling_is_reproducible_with_a_generator(impl):
     )
 
 
-@pytest.mark.exercise("sample_next", points=1)
+@pytest.mark.exercise("sample_next", points=2)
 def test_sample_next_leaves_its_input_unchanged(impl):
     for options in ({}, {"temperature": 0.5}, {"temperature": 2.0, "top_k": 1, "top_p": 0.5},
                     {"temperature": 0}):

@@ -51,7 +51,8 @@ def check_render(impl, conversation, tokenizer, want_ids, want_mask):
     if ids == want_ids and wrong:
         i = wrong[0]
         token = NAMES.get(ids[i], "text") if tokenizer is TINY else f"id {ids[i]}"
-        where = f" The mask is wrong first at position {i} ({token}): {mask[i]}, not {want_mask[i]}."
+        where = (f" The mask is wrong first at position {i} ({token}): {mask[i]}, "
+                 f"not {want_mask[i]}.")
     raise AssertionError(
         f"render_conversation({show(conversation)}) returned ids {show(ids)} and mask "
         f"{show(mask)}, expected {show(want_ids)} and {show(want_mask)}: {RENDER_RULE}.{where}"
