@@ -11,6 +11,7 @@ Run ``python tests/mistakes.py [--json PATH]`` to grade them all and print what 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import sys
@@ -96,6 +97,9 @@ MISTAKES = [
         ("starts from characters, not UTF-8 bytes", "UTF-8 bytes",
          'ids = list(text.encode("utf-8"))\n    while',
          "ids = [ord(c) for c in text]\n    while"),
+        ("deletes each merge it has applied", "leave the merges as they are",
+         "        ids = merge_pair(ids, first_learned, merges[first_learned])\n",
+         "        ids = merge_pair(ids, first_learned, merges.pop(first_learned))\n"),
     ),
     *mistakes(T01, "decode",
         ("crashes on invalid UTF-8", 'errors="replace"',
@@ -480,7 +484,7 @@ def exercises_to_run(mistake: Mistake) -> set[str]:
     calls = {}
     match = re.search(r"^EXERCISE_CALLS = (\{.*?\})$", graded.read_text(), re.S | re.M)
     if match:
-        calls = eval(match[1])  # a dict literal of strings
+        calls = ast.literal_eval(match[1])
     return {mistake.exercise} | {name for name, used in calls.items() if mistake.exercise in used}
 
 

@@ -330,7 +330,7 @@ ORDER = ("divide the logits by temperature first, then apply top_k_filter, then 
 
 def frequencies(impl, logits, **kwargs):
     ids = impl.sample_next(
-        logits.expand(N_DRAWS, -1), generator=torch.Generator().manual_seed(0), **kwargs
+        logits.expand(N_DRAWS, -1).clone(), generator=torch.Generator().manual_seed(0), **kwargs
     )
     assert ids.shape == (N_DRAWS,), (
         f"sample_next on {N_DRAWS} rows returned shape {tuple(ids.shape)}: one id per row, "
