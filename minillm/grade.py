@@ -35,6 +35,7 @@ import textwrap
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -143,8 +144,10 @@ def exercise_status(name: str, tests: list[GradedTest], failing_exercises: set[s
         culprits = [f"`{other}`" for other in tests[0].calls if other in failing_exercises]
         count = f"{len(failures)} of {len(tests)} tests fail"
         summary = f"failing ({count})"
-        if culprits:
-            summary = f"fails because {' and '.join(culprits)} fails; fix that first ({count})"
+        if len(culprits) == 1:
+            summary = f"fails because {culprits[0]} fails; fix that first ({count})"
+        elif culprits:
+            summary = f"fails because {' and '.join(culprits)} fail; fix those first ({count})"
         shown = failures if verbose else failures[:1]
         return "\n".join([summary, *(f"{test.name}: {test.detail}" for test in shown)])
     if missing:
@@ -203,25 +206,16 @@ class GradeResult:
     def table_rows(self) -> tuple[list[str], list[list[str]], list[str]]:
         """Header, one row per exercise, and the total row, as strings."""
         header = ["lesson", "exercise", "tests passed", "points", "status"]
+        scores = self.exercises
         rows = [
-            [
-                score.lesson,
-                score.name,
-                f"{score.tests_passed}/{score.tests_total}",
-                f"{score.points}/{score.points_possible}",
-                score.status,
-            ]
-            for score in self.exercises
+            [score.lesson, score.name, f"{score.tests_passed}/{score.tests_total}",
+             f"{score.points}/{score.points_possible}", score.status]
+            for score in scores
         ]
-        done = sum(score.status == "done" for score in self.exercises)
+        done = sum(score.status == "done" for score in scores)
         passed = sum(test.outcome == PASSED for test in self.tests)
-        total = [
-            "total",
-            "",
-            f"{passed}/{len(self.tests)}",
-            f"{self.points}/{self.points_possible}",
-            f"{done} of {len(self.exercises)} exercises done",
-        ]
+        total = ["total", "", f"{passed}/{len(self.tests)}",
+                 f"{self.points}/{self.points_possible}", f"{done} of {len(scores)} exercises done"]
         return header, rows, total
 
     def __str__(self) -> str:
@@ -386,20 +380,6 @@ def classify(excinfo: pytest.ExceptionInfo | None) -> tuple[str, str]:
     return FAILED, failure_reason(excinfo)
 
 
-@contextlib.contextmanager
-def environment_variable(name: str, value: str):
-    """Set an environment variable for the duration of a ``with`` block."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
-
-
 def run(lessons: Iterable[str], impl: str, exercises: Iterable[str] | None = None) -> GradeResult:
     """Run the graded tests of ``lessons`` (of ``exercises`` only, if given) against ``impl``."""
     if impl not in IMPLEMENTATIONS:
@@ -416,7 +396,7 @@ def run(lessons: Iterable[str], impl: str, exercises: Iterable[str] | None = Non
     # The table is the interface, so pytest's own report is thrown away. Its terminal plugin
     # must still load: pytest's assertion messages ("assert [1] == [2]") are built with it.
     with (
-        environment_variable("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"),
+        mock.patch.dict(os.environ, {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
         contextlib.redirect_stdout(io.StringIO()),
     ):
         exit_code = pytest.main([*arguments, "-q", "--tb=no"], plugins=[collector])
