@@ -42,3 +42,20 @@ def attempt(rule: str, function, *args, **kwargs):
             f"{call_text(function, *args, **kwargs)} raised {type(error).__name__}: {error}; "
             f"{rule}"
         ) from error
+
+
+def matching_mistake(got, variants: dict, what: str = "your result") -> str:
+    """A hint naming the usual mistake whose result ``got`` equals, or "" if none does.
+
+    ``variants`` maps a description ("the margin taken as rejected - chosen; use chosen -
+    rejected") to what that mistake would return. A hint is only given where it fits.
+    """
+    for description, value in variants.items():
+        try:
+            same = torch.allclose(torch.as_tensor(got, dtype=torch.float64),
+                                  torch.as_tensor(value, dtype=torch.float64), atol=1e-6)
+        except (RuntimeError, TypeError, ValueError):  # another shape: not this mistake
+            same = False
+        if same:
+            return f" ({what.capitalize()} is what {description}.)"
+    return ""

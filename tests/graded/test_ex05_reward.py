@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from graded_feedback import show
+from graded_feedback import matching_mistake, show
 
 from minillm.reward import last_state
 from minillm.reward import spearman as package_spearman
@@ -27,8 +27,16 @@ BT_RULE = ("the loss is the negative log-likelihood of the labels averaged over 
 def check_bt(impl, chosen, rejected, want, label=None):
     got = impl.bradley_terry_loss(chosen.clone(), rejected.clone())
     label = label or f"{show(chosen)}, {show(rejected)}"
+    margin = (chosen - rejected).double()
+    hint = matching_mistake(got.item(), {
+        "the margin taken as rejected - chosen gives; use chosen - rejected":
+            -F.logsigmoid(-margin).mean().item(),
+        "a sum over the pairs gives; take the mean": -F.logsigmoid(margin).sum().item(),
+        "-sigmoid(margin) gives, without the log": -torch.sigmoid(margin).mean().item(),
+    })
     assert math.isfinite(got.item()) and got.item() == pytest.approx(want), (
-        f"bradley_terry_loss({label}) returned {got.item():.6g}, expected {want:.6g}: {BT_RULE}"
+        f"bradley_terry_loss({label}) returned {got.item():.6g}, expected {want:.6g}: "
+        f"{BT_RULE}.{hint}"
     )
 
 
@@ -124,9 +132,13 @@ ACCURACY_RULE = ("the share of pairs (a Python float): 1 where chosen > rejected
 
 def check_accuracy(impl, chosen, rejected, want):
     got = impl.pairwise_accuracy(chosen.clone(), rejected.clone())
+    hint = matching_mistake(float(got), {
+        "counting a tie as wrong gives; a tie counts 1/2": (chosen > rejected).double().mean(),
+        "counting a tie as right gives; a tie counts 1/2": (chosen >= rejected).double().mean(),
+    }) if float(got) != pytest.approx(want) else ""
     assert isinstance(got, float) and got == pytest.approx(want), (
         f"pairwise_accuracy({show(chosen)}, {show(rejected)}) returned {got!r} (a "
-        f"{type(got).__name__}), expected {want!r}: {ACCURACY_RULE}"
+        f"{type(got).__name__}), expected {want!r}: {ACCURACY_RULE}.{hint}"
     )
 
 
@@ -163,11 +175,30 @@ SPEARMAN_RULE = ("rank each list from 0 (smallest) up, tied values sharing the m
                  "over sqrt of the product of the two sums of squares, between -1 and 1")
 
 
+def pearson(a, b):
+    a, b = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return ((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum())).item()
+
+
+def ordinal_ranks(values):
+    ranks = [0.0] * len(values)
+    for rank, index in enumerate(sorted(range(len(values)), key=lambda k: values[k])):
+        ranks[index] = float(rank)
+    return ranks
+
+
 def check_spearman(impl, xs, ys, want, label=None):
     got = impl.spearman(list(xs), list(ys))
     label = label or f"{show(xs)}, {show(ys)}"
+    hint = matching_mistake(got, {
+        "tied values given different ranks gives; tied values share the mean of their ranks":
+            pearson(ordinal_ranks(xs), ordinal_ranks(ys)),
+        "the correlation of the values themselves gives; correlate their ranks":
+            pearson(xs, ys),
+    }) if got != pytest.approx(want) else ""
     assert got == pytest.approx(want), (
-        f"spearman({label}) returned {got!r}, expected {want:.6g}: {SPEARMAN_RULE}"
+        f"spearman({label}) returned {got!r}, expected {want:.6g}: {SPEARMAN_RULE}.{hint}"
     )
 
 
@@ -180,10 +211,12 @@ def test_spearman_of_monotone_orders(impl):
 
 @pytest.mark.exercise("spearman", points=2)
 def test_spearman_by_hand_with_ties(impl):
-    # ranks of xs: [0, 1, 2, 3]; of ys [5, 5, 1, 7]: the two 5s share ranks 1 and 2 -> [1.5,
-    # 1.5, 0, 3]. Centred: [-1.5, -0.5, 0.5, 1.5] and [0, 0, -1.5, 1.5]: covariance 1.5,
-    # spreads 5 and 4.5, so 1.5 / sqrt(22.5).
-    check_spearman(impl, [1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 1.0, 7.0], 1.5 / math.sqrt(22.5))
+    # ranks of xs [2, 3, 4, 1]: [1, 2, 3, 0]; of ys [5, 5, 1, 8]: the two 5s share ranks 1 and 2
+    # -> [1.5, 1.5, 0, 3]. Centred: [-0.5, 0.5, 1.5, -1.5] and [0, 0, -1.5, 1.5]: covariance
+    # -4.5, spreads 5 and 4.5, so -4.5 / sqrt(22.5) = -0.9487. (Ranks that break the tie give
+    # -0.8, ties at their lowest rank -0.923, the sorting order taken as ranks 0.8, and the
+    # Pearson correlation of the values -0.944.)
+    check_spearman(impl, [2.0, 3.0, 4.0, 1.0], [5.0, 5.0, 1.0, 8.0], -4.5 / math.sqrt(22.5))
 
 
 @pytest.mark.exercise("spearman", points=2)

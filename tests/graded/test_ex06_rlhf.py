@@ -9,7 +9,8 @@ import math
 
 import pytest
 import torch
-from graded_feedback import show
+import torch.nn.functional as F
+from graded_feedback import matching_mistake, show
 
 from minillm import rlhf
 
@@ -34,9 +35,18 @@ def check_rewards(impl, scores, logp, ref_logp, mask, kl_coef, label):
     inputs = [scores.clone(), logp.clone(), ref_logp.clone(), mask.clone()]
     got = impl.kl_penalty_rewards(*inputs, kl_coef)
     want = rlhf.kl_penalty_rewards(scores, logp, ref_logp, mask, kl_coef)
+    penalty = -kl_coef * (logp - ref_logp) * mask
+    hint = matching_mistake(got, {
+        "the penalty with logp and ref_logp swapped gives; it is -kl_coef * (logp - ref_logp)":
+            want - 2 * penalty,
+        "adding the score on every answer token gives; add it on the last one only":
+            penalty + scores[:, None] * mask,
+        "charging the penalty outside the answer too gives; it is 0 where mask is 0":
+            want - penalty - kl_coef * (logp - ref_logp),
+    })
     assert torch.allclose(got, want, atol=1e-6), (
         f"kl_penalty_rewards({label}, kl_coef={kl_coef}) returned {show(got)}, expected "
-        f"{show(want)}: {KL_RULE}"
+        f"{show(want)}: {KL_RULE}.{hint}"
     )
     changed = [name for name, before, after in
                zip(("scores", "logp", "ref_logp", "mask"), (scores, logp, ref_logp, mask), inputs)
@@ -99,15 +109,36 @@ GAE_RULE = ("work backwards from each answer's last token: delta_t = r_t + gamma
 def check_gae(impl, rewards, values, mask, gamma, lam, label):
     got_a, got_r = impl.gae(rewards.clone(), values.clone(), mask.clone(), gamma, lam)
     want_a, want_r = rlhf.gae(rewards, values, mask, gamma, lam)
+    hint = matching_mistake(got_a, {
+        "bootstrapping from the value after the last token gives; that value is 0":
+            padded_bootstrap_gae(rewards, values, mask, gamma, lam),
+        "leaving out lam gives; A_t = delta_t + gamma * lam * A_{t+1}":
+            rlhf.gae(rewards, values, mask, gamma, 1.0)[0],
+    }, "your advantages")
     assert torch.allclose(got_a, want_a, atol=1e-5), (
         f"gae({label}, gamma={gamma}, lam={lam}) returned advantages {show(got_a)}, expected "
-        f"{show(want_a)}: {GAE_RULE}"
+        f"{show(want_a)}: {GAE_RULE}.{hint}"
     )
     kept = mask.bool()
     assert torch.allclose(got_r[kept], want_r[kept], atol=1e-5), (
         f"gae({label}, gamma={gamma}, lam={lam}) returned returns {show(got_r)} on the answer "
         f"tokens, expected {show(want_r[kept])}: returns are advantages + values"
     )
+
+
+def padded_bootstrap_gae(rewards, values, mask, gamma, lam):
+    """GAE that wrongly takes V_{t+1} from the next position even after an answer's end."""
+    advantages = torch.zeros_like(values)
+    for b in range(values.size(0)):
+        following = 0.0
+        for t in reversed(range(values.size(1))):
+            if mask[b, t] == 0:
+                following = 0.0
+                continue
+            after = values[b, t + 1] if t + 1 < values.size(1) else 0.0
+            following = rewards[b, t] + gamma * after - values[b, t] + gamma * lam * following
+            advantages[b, t] = following
+    return advantages
 
 
 @pytest.mark.exercise("gae", points=2)
@@ -159,9 +190,19 @@ def check_ppo(impl, logp, old, advantages, mask, clip, label):
     loss, clipped = impl.ppo_clipped_loss(logp.clone(), old.clone(), advantages.clone(),
                                           mask.clone(), clip)
     want_loss, want_clipped = rlhf.ppo_clipped_loss(logp, old, advantages, mask, clip)
+    ratio, kept = torch.exp(logp - old), mask.to(logp.dtype)
+    unclipped, clamped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
+    hint = matching_mistake(loss.item(), {
+        "the max of the two terms gives; PPO takes the min (the pessimistic bound)":
+            -(torch.maximum(unclipped, clamped) * kept).sum() / kept.sum(),
+        "a mean over every position gives; average over the positions where mask is 1":
+            -(torch.minimum(unclipped, clamped) * kept).mean(),
+        "the ratio old over new gives; it is exp(logp - old_logp)": rlhf.ppo_clipped_loss(
+            old, logp, advantages, mask, clip)[0],
+    }, "your loss")
     assert loss.item() == pytest.approx(want_loss.item(), abs=1e-6), (
         f"ppo_clipped_loss({label}, clip={clip}) returned the loss {loss.item():.6g}, expected "
-        f"{want_loss.item():.6g}: {PPO_RULE}"
+        f"{want_loss.item():.6g}: {PPO_RULE}.{hint}"
     )
     assert float(clipped) == pytest.approx(want_clipped.item(), abs=1e-6), (
         f"ppo_clipped_loss({label}, clip={clip}) returned the clip fraction {float(clipped):.6g},"
@@ -228,9 +269,18 @@ DPO_RULE = ("-log sigmoid(beta * ((pc - rc) - (pr - rr))) averaged over the pair
 
 def check_dpo(impl, pc, pr, rc, rr, beta, want, label):
     got = impl.dpo_loss(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+    pc, pr, rc, rr = (t.double() for t in (pc, pr, rc, rr))
+    hint = matching_mistake(got.item(), {
+        "the loss without the reference model gives; subtract its log-probabilities":
+            -F.logsigmoid(beta * (pc - pr)).mean(),
+        "the loss without beta gives; multiply the margin by beta":
+            -F.logsigmoid((pc - rc) - (pr - rr)).mean(),
+        "the loss with chosen and rejected swapped gives":
+            -F.logsigmoid(beta * ((pr - rr) - (pc - rc))).mean(),
+    }) if got.item() != pytest.approx(want, abs=1e-6) else ""
     assert math.isfinite(got.item()) and got.item() == pytest.approx(want, abs=1e-6), (
         f"dpo_loss({label}, beta={beta}) returned {got.item():.6g}, expected {want:.6g}: "
-        f"{DPO_RULE}"
+        f"{DPO_RULE}.{hint}"
     )
 
 
