@@ -43,7 +43,7 @@ IMPLEMENTATIONS = ("exercises", "solutions")
 # About 100 times what a graded test takes with the reference solution: generous for slow but
 # correct code, and it turns an endless loop (a classic in BPE's encode) into a failure, not a hang.
 TEST_TIME_LIMIT_SECONDS = 5
-STATUS_WIDTH = 76  # the status column of the text table wraps at this width
+STATUS_WIDTH = 64  # the status column of the text table wraps at this width
 GRADED_FILE = re.compile(r"test_ex(\d\d)_\w+\.py")
 
 PASSED, NOT_IMPLEMENTED, FAILED = "passed", "not implemented", "failed"

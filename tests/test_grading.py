@@ -18,6 +18,7 @@ from minillm.grade import (
     FAILED,
     NOT_IMPLEMENTED,
     PASSED,
+    STATUS_WIDTH,
     GradedTest,
     GradeResult,
     GradingError,
@@ -326,7 +327,7 @@ def test_text_table_wraps_the_whole_message_and_names_the_test():
     message = lines[5:-3]  # the decode row's message, under its status
     assert len(message) >= 3, "a long message is wrapped over several lines"
     assert all(line[:status_column].strip() == "" for line in message), "it stays in its column"
-    assert all(len(line) <= status_column + 76 for line in lines), "no line is wider than the table"
+    assert all(len(line) <= status_column + STATUS_WIDTH for line in lines), "within the table"
     text = " ".join(line.strip() for line in message)
     assert text == f"test_decode: {LONG_MESSAGE}", "the whole message, with the test's name"
     assert "..." not in str(sample_result()) and "the second failure" not in str(sample_result())

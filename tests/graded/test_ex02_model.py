@@ -340,13 +340,20 @@ def frequencies(impl, logits, **kwargs):
     return torch.bincount(ids, minlength=logits.size(-1)).float() / N_DRAWS
 
 
-def check_frequencies(impl, want, rule, **kwargs):
+def check_frequencies(impl, want, rule, mistakes=None, **kwargs):
+    """Draw with ``kwargs`` and compare with the weights ``want``; ``mistakes`` maps what a
+    usual mistake does to the weights it would give, for a hint where the draws match them."""
     freq = frequencies(impl, LOGITS, **kwargs)
     want = torch.tensor(want, dtype=torch.float32)
     options = ", ".join(f"{key}={value}" for key, value in kwargs.items()) or "defaults"
+    hint = ""
+    for what, weights in (mistakes or {}).items():
+        weights = torch.tensor(weights, dtype=torch.float32)
+        if torch.allclose(freq, weights / weights.sum(), atol=0.02):
+            hint = f" (Your frequencies are those of {what}.)"
     assert torch.allclose(freq, want / want.sum(), atol=0.02), (
         f"sampling probabilities [1/6, 2/6, 3/6, 0] with {options}: frequencies "
-        f"{show(freq)}, expected {show(want / want.sum())}: {rule}"
+        f"{show(freq)}, expected {show(want / want.sum())}: {rule}.{hint}"
     )
 
 
@@ -389,17 +396,21 @@ def test_temperature_comes_before_top_p(impl):
     # At temperature 0.5 the probabilities 1 : 2 : 3 become 1 : 4 : 9 (1/14, 4/14, 9/14): the
     # mass above the second token is 9/14 >= 0.6, so the nucleus of p = 0.6 is the top token
     # alone. Filtering first (at temperature 1) would keep two tokens.
-    check_frequencies(impl, [0, 0, 1, 0], ORDER, temperature=0.5, top_p=0.6)
+    late = {"filtering before dividing by the temperature": [0, 4, 9, 0]}
+    check_frequencies(impl, [0, 0, 1, 0], ORDER, late, temperature=0.5, top_p=0.6)
     # At temperature 2 they become 1 : sqrt 2 : sqrt 3 (0.24, 0.34, 0.42): the mass above the
     # second token is 0.42 < 0.45, so top_p = 0.45 keeps two tokens (at temperature 1, only one).
-    check_frequencies(impl, [0, math.sqrt(2), math.sqrt(3), 0], ORDER, temperature=2.0, top_p=0.45)
+    late = {"filtering before dividing by the temperature": [0, 0, 1, 0]}
+    check_frequencies(impl, [0, math.sqrt(2), math.sqrt(3), 0], ORDER, late, temperature=2.0,
+                      top_p=0.45)
 
 
 @pytest.mark.exercise("sample_next", points=2)
 def test_top_k_comes_before_top_p(impl):
     # top_k = 2 leaves 2/6 and 3/6, renormalized to 2/5 and 3/5; then top_p = 0.55 keeps the
     # top token alone (3/5 >= 0.55). Top-p first would keep both (mass above 2/6 is 1/2 < 0.55).
-    check_frequencies(impl, [0, 0, 1, 0], ORDER, top_k=2, top_p=0.55)
+    swapped = {"applying top_p_filter before top_k_filter": [0, 2, 3, 0]}
+    check_frequencies(impl, [0, 0, 1, 0], ORDER, swapped, top_k=2, top_p=0.55)
     # top_k = 3 keeps all three; top_p = 0.55 then keeps 3/6 and 2/6 (mass above 2/6 is 0.5)
     check_frequencies(impl, [0, 2, 3, 0], ORDER, top_k=3, top_p=0.55)
 

@@ -312,7 +312,7 @@ def test_dpo_loss_gradient_raises_chosen_and_lowers_rejected(impl):
 @pytest.mark.exercise("dpo_loss", points=1)
 def test_dpo_loss_is_finite_and_matches_minillm(impl):
     check_dpo(impl, torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0]),
-              torch.tensor([-20000.0]), 0.1, 2000.0, "a margin of -20000")
+              torch.tensor([-20000.0]), 0.1, 2000.0, "pc [0], pr [0], rc [0], rr [-20000]")
     generator = torch.Generator().manual_seed(7)
     pc, pr, rc, rr = -torch.rand(4, 32, generator=generator) * 30
     check_dpo(impl, pc, pr, rc, rr, 0.2, rlhf.dpo_loss(pc, pr, rc, rr, 0.2).item(),
