@@ -84,6 +84,7 @@ def encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     Start from the UTF-8 bytes of ``text``. Then, as long as some adjacent pair is in
     ``merges``, merge the one with the lowest merge id (the one learned first), because
     training applied the merges in that order and later merges were built on earlier ones.
+    ``merges`` is left unchanged.
 
     Args:
         text: the text to encode.

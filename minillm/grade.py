@@ -5,6 +5,7 @@ At the shell::
     python -m minillm.grade                      # every lesson, your code in exercises/
     python -m minillm.grade 01                   # lesson 01 only
     python -m minillm.grade 01 --impl solutions  # the reference solutions instead
+    python -m minillm.grade 01 --verbose         # every failing test, not just the first
 
 In a notebook, ``grade("01")`` runs that same command in a fresh Python process, so the grade
 always reflects the exercise file as it is saved now, and shows the table.
@@ -12,6 +13,8 @@ always reflects the exercise file as it is saved now, and shows the table.
 The graded tests live in ``tests/graded/test_exNN_<topic>.py``. Each one carries
 ``@pytest.mark.exercise("<function>", points=N)``; an exercise earns the points of the tests it
 passes. A test whose code raises ``NotImplementedError`` counts as "not implemented yet".
+A test module may declare ``EXERCISE_CALLS = {"train_bpe": ("get_pair_counts", "merge_pair")}``:
+the exercises each one calls, so that when both fail the table points at the one to fix first.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import html
 import io
+import itertools
 import json
 import os
 import re
@@ -27,9 +31,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -37,6 +43,7 @@ IMPLEMENTATIONS = ("exercises", "solutions")
 # About 100 times what a graded test takes with the reference solution: generous for slow but
 # correct code, and it turns an endless loop (a classic in BPE's encode) into a failure, not a hang.
 TEST_TIME_LIMIT_SECONDS = 5
+STATUS_WIDTH = 64  # the status column of the text table wraps at this width
 GRADED_FILE = re.compile(r"test_ex(\d\d)_\w+\.py")
 
 PASSED, NOT_IMPLEMENTED, FAILED = "passed", "not implemented", "failed"
@@ -100,8 +107,12 @@ class GradedTest:
     points: int
     name: str
     outcome: str  # PASSED, NOT_IMPLEMENTED or FAILED
-    # FAILED: the reason, in one line. NOT_IMPLEMENTED: the function that raised.
+    # FAILED: the reason (the assertion's message). NOT_IMPLEMENTED: the function that raised.
     detail: str = ""
+    calls: tuple[str, ...] = ()  # the other exercises of the lesson this exercise calls
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calls", tuple(self.calls))  # JSON gives a list
 
 
 @dataclass(frozen=True)
@@ -117,25 +128,41 @@ class ExerciseScore:
     status: str
 
 
-def exercise_status(name: str, tests: list[GradedTest]) -> str:
-    """``done``, ``not implemented yet`` or ``failing: <reason>`` for exercise ``name``."""
+def exercise_status(name: str, tests: list[GradedTest], failing_exercises: set[str] = frozenset(),
+                    verbose: bool = False) -> str:
+    """``done``, ``not implemented yet`` or ``failing ...`` for exercise ``name``.
+
+    A failing status names the first failing test and gives its whole message (``verbose``: every
+    failing test's), each on a line of its own. When an exercise that this one calls fails too,
+    the status says so first: that one is the one to fix.
+    """
     missing = [test for test in tests if test.outcome == NOT_IMPLEMENTED]
     if any(test.detail == name for test in missing):
         return "not implemented yet"
     failures = [test for test in tests if test.outcome == FAILED]
     if failures:
-        return f"failing: {failures[0].detail}"
+        culprits = [f"`{other}`" for other in tests[0].calls if other in failing_exercises]
+        count = f"{len(failures)} of {len(tests)} tests fail"
+        summary = f"failing ({count})"
+        if len(culprits) == 1:
+            summary = f"fails because {culprits[0]} fails; fix that first ({count})"
+        elif culprits:
+            summary = f"fails because {' and '.join(culprits)} fail; fix those first ({count})"
+        shown = failures if verbose else failures[:1]
+        return "\n".join([summary, *(f"{test.name}: {test.detail}" for test in shown)])
     if missing:
         # This exercise's code runs, but it calls another function that is still a stub.
         return f"not implemented yet (needs {missing[0].detail})"
     return "done"
 
 
-def score_exercises(tests: list[GradedTest]) -> list[ExerciseScore]:
+def score_exercises(tests: list[GradedTest], verbose: bool = False) -> list[ExerciseScore]:
     """One score per exercise, in the order the tests ran."""
     tests_by_exercise: dict[tuple[str, str], list[GradedTest]] = {}
     for test in tests:
         tests_by_exercise.setdefault((test.lesson, test.exercise), []).append(test)
+    failing = {key for key, group in tests_by_exercise.items()
+               if any(test.outcome != PASSED for test in group)}
     return [
         ExerciseScore(
             lesson=lesson,
@@ -144,7 +171,9 @@ def score_exercises(tests: list[GradedTest]) -> list[ExerciseScore]:
             tests_total=len(group),
             points=sum(test.points for test in group if test.outcome == PASSED),
             points_possible=sum(test.points for test in group),
-            status=exercise_status(name, group),
+            status=exercise_status(
+                name, group, {other for other_lesson, other in failing if other_lesson == lesson},
+                verbose),
         )
         for (lesson, name), group in tests_by_exercise.items()
     ]
@@ -156,10 +185,11 @@ class GradeResult:
 
     impl: str
     tests: list[GradedTest]
+    verbose: bool = False  # list every failing test of an exercise, not only the first
 
     @property
     def exercises(self) -> list[ExerciseScore]:
-        return score_exercises(self.tests)
+        return score_exercises(self.tests, self.verbose)
 
     @property
     def points(self) -> int:
@@ -176,48 +206,50 @@ class GradeResult:
     def table_rows(self) -> tuple[list[str], list[list[str]], list[str]]:
         """Header, one row per exercise, and the total row, as strings."""
         header = ["lesson", "exercise", "tests passed", "points", "status"]
+        scores = self.exercises
         rows = [
-            [
-                score.lesson,
-                score.name,
-                f"{score.tests_passed}/{score.tests_total}",
-                f"{score.points}/{score.points_possible}",
-                score.status,
-            ]
-            for score in self.exercises
+            [score.lesson, score.name, f"{score.tests_passed}/{score.tests_total}",
+             f"{score.points}/{score.points_possible}", score.status]
+            for score in scores
         ]
-        done = sum(score.status == "done" for score in self.exercises)
+        done = sum(score.status == "done" for score in scores)
         passed = sum(test.outcome == PASSED for test in self.tests)
-        total = [
-            "total",
-            "",
-            f"{passed}/{len(self.tests)}",
-            f"{self.points}/{self.points_possible}",
-            f"{done} of {len(self.exercises)} exercises done",
-        ]
+        total = ["total", "", f"{passed}/{len(self.tests)}",
+                 f"{self.points}/{self.points_possible}", f"{done} of {len(scores)} exercises done"]
         return header, rows, total
 
     def __str__(self) -> str:
         header, rows, total = self.table_rows()
-        rows = [[*row[:-1], shorten(row[-1], 70)] for row in rows]
-        widths = [max(len(row[i]) for row in [header, *rows, total]) for i in range(len(header))]
+        widths = [max(len(row[i]) for row in [header, *rows, total]) for i in range(4)]
+        widths.append(STATUS_WIDTH)
 
-        def line(cells: list[str]) -> str:
-            padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-            return "  ".join(padded).rstrip()
+        def lines(cells: list[str]) -> list[str]:
+            # The status is wrapped, never cut: its first line sits in the row, the rest below.
+            status = [part for line in cells[-1].splitlines()
+                      for part in textwrap.wrap(line, STATUS_WIDTH, subsequent_indent="  ")]
+            first = [*cells[:-1], status[0] if status else ""]
+            padded = (cell.ljust(width) for cell, width in zip(first, widths, strict=True))
+            indent = " " * (sum(widths[:-1]) + 2 * (len(widths) - 1))
+            return ["  ".join(padded).rstrip(), *(indent + part for part in status[1:])]
 
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
         title = f"Grades for {self.impl}/"
-        return "\n".join([title, line(header), rule, *map(line, rows), rule, line(total)])
+        body = [text for row in rows for text in lines(row)]
+        return "\n".join([title, *lines(header), rule, *body, rule, *lines(total)])
 
     def _repr_html_(self) -> str:
         header, rows, total = self.table_rows()
 
         def cells(tag: str, values: list[str]) -> str:
-            return "".join(f"<{tag}>{html.escape(value)}</{tag}>" for value in values)
+            return "".join(
+                f"<{tag}>{'<br>'.join(map(html.escape, value.splitlines()))}</{tag}>"
+                for value in values
+            )
 
         body = "".join(
-            f'<tr style="color: {status_colour(row[-1])}">{cells("td", row)}</tr>' for row in rows
+            f'<tr style="color: {status_colour(row[-1])}; text-align: left; '
+            f'vertical-align: top">{cells("td", row)}</tr>'
+            for row in rows
         )
         return (
             f"<table><caption>Grades for {html.escape(self.impl)}/</caption>"
@@ -229,12 +261,9 @@ class GradeResult:
         return {"impl": self.impl, "tests": [asdict(test) for test in self.tests]}
 
     @classmethod
-    def from_json(cls, data: dict) -> GradeResult:
-        return cls(impl=data["impl"], tests=[GradedTest(**test) for test in data["tests"]])
-
-
-def shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
+    def from_json(cls, data: dict, verbose: bool = False) -> GradeResult:
+        tests = [GradedTest(**test) for test in data["tests"]]
+        return cls(impl=data["impl"], tests=tests, verbose=verbose)
 
 
 def status_colour(status: str) -> str:
@@ -265,24 +294,29 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous_handler)
 
 
-def one_line_reason(excinfo: pytest.ExceptionInfo) -> str:
-    """Why a test failed, in one line: the assertion message or the error."""
-    message = str(excinfo.value).strip().splitlines()
-    first_line = message[0] if message else ""
+def failure_reason(excinfo: pytest.ExceptionInfo) -> str:
+    """Why a test failed: the assertion's whole message, or the error and its message."""
+    lines = str(excinfo.value).strip().splitlines()
     if excinfo.errisinstance((AssertionError, pytest.fail.Exception, pytest.skip.Exception)):
-        return first_line or "an assertion failed"
+        # pytest appends its own explanation ("assert [1] == [2]") after a message: drop it.
+        message = list(itertools.takewhile(lambda line: not line.startswith("assert "), lines))
+        return " ".join(line.strip() for line in message) or (lines or ["an assertion failed"])[0]
+    first_line = lines[0] if lines else ""
     return f"{excinfo.typename}: {first_line}" if first_line else excinfo.typename
 
 
 class OutcomeCollector:
     """A pytest plugin that records each graded test's exercise, points and outcome."""
 
-    def __init__(self) -> None:
-        self.marked: dict[str, dict] = {}  # node id -> lesson, exercise, points, name
+    def __init__(self, exercises: Iterable[str] | None = None) -> None:
+        self.only = set(exercises) if exercises is not None else None  # None: every exercise
+        self.marked: dict[str, dict] = {}  # node id -> lesson, exercise, points, name, calls
         self.outcomes: dict[str, tuple[str, str]] = {}  # node id -> outcome, detail
         self.problems: list[str] = []
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        if self.only is not None:
+            items[:] = [item for item in items if exercise_of(item) in self.only]
         for item in items:
             marker = item.get_closest_marker("exercise")
             try:
@@ -295,6 +329,7 @@ class OutcomeCollector:
                 "exercise": exercise,
                 "points": points,
                 "name": item.name,
+                "calls": tuple(getattr(item.module, "EXERCISE_CALLS", {}).get(exercise, ())),
             }
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -331,51 +366,46 @@ def exercise_and_points(name: str, points: int) -> tuple[str, int]:
     return name, points
 
 
+def exercise_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("exercise")
+    return marker.args[0] if marker and marker.args else None
+
+
 def classify(excinfo: pytest.ExceptionInfo | None) -> tuple[str, str]:
     """(outcome, detail) for a test phase that did not pass."""
     if excinfo is None:  # failed without an exception, e.g. a strict xfail that passed
         return FAILED, "failed"
     if excinfo.errisinstance(NotImplementedError):
         return NOT_IMPLEMENTED, excinfo.traceback[-1].name
-    return FAILED, one_line_reason(excinfo)
+    return FAILED, failure_reason(excinfo)
 
 
-@contextlib.contextmanager
-def environment_variable(name: str, value: str):
-    """Set an environment variable for the duration of a ``with`` block."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
-
-
-def run(lessons: Iterable[str], impl: str) -> GradeResult:
-    """Run the graded tests of ``lessons`` against ``impl`` in this process."""
+def run(lessons: Iterable[str], impl: str, exercises: Iterable[str] | None = None) -> GradeResult:
+    """Run the graded tests of ``lessons`` (of ``exercises`` only, if given) against ``impl``."""
     if impl not in IMPLEMENTATIONS:
         raise GradingError(f"impl must be one of {', '.join(IMPLEMENTATIONS)}, not {impl!r}.")
     tests_dir = graded_tests_dir()
     files = graded_files(tests_dir, lessons)
-    collector = OutcomeCollector()
+    collector = OutcomeCollector(exercises)
     arguments = [*map(str, files), f"--impl={impl}", f"--rootdir={tests_dir.parent.parent}"]
     # Graded tests need no third-party pytest plugin, and some (nbval) take seconds to import,
     # which a learner would wait through at every grade; the project's addopts name their
     # options, so they go too.
-    arguments += ["-o", "addopts=", "-p", "no:cacheprovider"]
+    # (unraisableexception runs the garbage collector five times per run: half a second.)
+    arguments += ["-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:unraisableexception"]
     # The table is the interface, so pytest's own report is thrown away. Its terminal plugin
     # must still load: pytest's assertion messages ("assert [1] == [2]") are built with it.
     with (
-        environment_variable("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1"),
+        mock.patch.dict(os.environ, {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}),
         contextlib.redirect_stdout(io.StringIO()),
     ):
         exit_code = pytest.main([*arguments, "-q", "--tb=no"], plugins=[collector])
     if collector.problems:
         raise GradingError(f"The graded tests are broken: {collector.problems[0]}.")
-    if exit_code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+    allowed = [pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED]
+    if exercises is not None:
+        allowed.append(pytest.ExitCode.NO_TESTS_COLLECTED)
+    if exit_code not in allowed:
         raise GradingError(f"pytest stopped before grading finished (exit code {exit_code}).")
     return GradeResult(impl=impl, tests=collector.results())
 
@@ -384,9 +414,12 @@ def run(lessons: Iterable[str], impl: str) -> GradeResult:
 
 
 def grade(
-    lessons: str | int | Iterable[str | int] | None = "01", impl: str = "exercises"
+    lessons: str | int | Iterable[str | int] | None = "01",
+    impl: str = "exercises",
+    verbose: bool = False,
 ) -> GradeResult:
-    """Grade ``lessons`` (``"01"``, ``[1, 2]``, or ``None`` for all) and return the table.
+    """Grade ``lessons`` (``"01"``, ``[1, 2]``, or ``None`` for all) and return the table;
+    ``verbose=True`` shows every failing test of an exercise, not only the first.
 
     The tests run in a separate Python process, so an exercise file you have just edited is
     imported afresh, and a crash in it cannot take the notebook down with it.
@@ -406,7 +439,7 @@ def grade(
         if not report.exists():
             error_lines = finished.stderr.strip().splitlines()
             raise GradingError(error_lines[-1] if error_lines else "The grader did not finish.")
-        return GradeResult.from_json(json.loads(report.read_text()))
+        return GradeResult.from_json(json.loads(report.read_text()), verbose=verbose)
 
 
 # --- At the shell ----------------------------------------------------------------------------
@@ -424,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         default="exercises",
         help="grade your exercises (default) or the reference solutions",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="list every failing test of an exercise"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
     try:
@@ -431,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     except GradingError as error:
         print(error, file=sys.stderr)
         return 2
+    result.verbose = args.verbose
     print(result)
     if args.json:
         args.json.write_text(json.dumps(result.to_json(), indent=2))

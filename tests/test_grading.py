@@ -1,5 +1,6 @@
 """The grader: full marks for the solutions, none for the untouched stubs, and a readable table."""
 
+import ast
 import doctest
 import importlib
 import inspect
@@ -17,6 +18,7 @@ from minillm.grade import (
     FAILED,
     NOT_IMPLEMENTED,
     PASSED,
+    STATUS_WIDTH,
     GradedTest,
     GradeResult,
     GradingError,
@@ -188,6 +190,24 @@ def test_stub():
 @pytest.mark.exercise("uses_stub", points=3)
 def test_uses_stub():
     stub()
+
+
+@pytest.mark.exercise("calls_fails", points=1)
+def test_calls_fails():
+    assert False, "the merged\\nlist is wrong"
+
+
+@pytest.mark.exercise("calls_fails", points=1)
+def test_calls_fails_but_passes():
+    pass
+
+
+@pytest.mark.exercise("bare", points=1)
+def test_bare_assert():
+    assert [1] == [2]
+
+
+EXERCISE_CALLS = {"calls_fails": ("fails", "passes")}
 """
 
 COLLECT_OUTCOMES = """
@@ -221,20 +241,39 @@ def test_collector_records_each_kind_of_outcome(tmp_path):
         ("99", "fails", 1),
         ("99", "stub", 1),
         ("99", "uses_stub", 3),
+        ("99", "calls_fails", 1),
+        ("99", "calls_fails", 1),
+        ("99", "bare", 1),
     ]
     assert [(test.outcome, test.detail) for test in tests] == [
         (PASSED, ""),
-        (FAILED, "the second id is wrong"),
+        (FAILED, "the second id is wrong"),  # the message, without pytest's "assert ..." lines
         (FAILED, "KeyError: 'missing'"),
         (NOT_IMPLEMENTED, "stub"),
         (NOT_IMPLEMENTED, "stub"),
+        (FAILED, "the merged list is wrong"),  # a message of several lines, whole
+        (PASSED, ""),
+        (FAILED, "assert [1] == [2]"),  # no message: pytest's explanation rather than nothing
     ]
+    assert {test.calls for test in tests if test.exercise == "calls_fails"} == {
+        ("fails", "passes")
+    }
     statuses = [score.status for score in GradeResult("exercises", tests).exercises]
     assert statuses == [
         "done",
-        "failing: the second id is wrong",
+        "failing (2 of 2 tests fail)\ntest_assertion: the second id is wrong",
         "not implemented yet",
         "not implemented yet (needs stub)",
+        # "fails" fails and "calls_fails" calls it: that one is the one to fix ("passes" is done)
+        "fails because `fails` fails; fix that first (1 of 2 tests fail)\n"
+        "test_calls_fails: the merged list is wrong",
+        "failing (1 of 1 tests fail)\ntest_bare_assert: assert [1] == [2]",
+    ]
+    verbose = GradeResult("exercises", tests, verbose=True).exercises[1].status
+    assert verbose.splitlines() == [
+        "failing (2 of 2 tests fail)",
+        "test_assertion: the second id is wrong",
+        "test_error: KeyError: 'missing'",
     ]
 
 
@@ -248,18 +287,25 @@ def test_time_limit_stops_an_endless_loop():
 # --- The table --------------------------------------------------------------------------------
 
 
-def sample_result() -> GradeResult:
-    def graded(exercise, points, outcome, detail=""):
-        return GradedTest("01", exercise, points, f"test_{exercise}", outcome, detail)
+LONG_MESSAGE = "expected <b> but got " + " ".join(["x" * 9] * 20) + " (the last words)"
+
+
+def sample_result(verbose=False) -> GradeResult:
+    def graded(exercise, points, outcome, detail="", name=None):
+        return GradedTest("01", exercise, points, name or f"test_{exercise}", outcome, detail,
+                          ("decode",) if exercise == "encode" else ())
 
     return GradeResult(
         "exercises",
         [
             graded("encode", 2, PASSED),
             graded("encode", 1, PASSED),
-            graded("decode", 3, FAILED, "expected <b> but got " + "x" * 100),
+            graded("decode", 3, FAILED, LONG_MESSAGE),
+            graded("decode", 1, FAILED, "the second failure", name="test_decode_again"),
+            graded("decode", 1, PASSED),
             graded("train_bpe", 4, NOT_IMPLEMENTED, "train_bpe"),
         ],
+        verbose,
     )
 
 
@@ -268,17 +314,54 @@ def test_text_table_has_a_row_per_exercise_and_a_total():
     assert lines[0] == "Grades for exercises/"
     assert lines[1].split() == ["lesson", "exercise", "tests", "passed", "points", "status"]
     assert lines[3].split() == ["01", "encode", "2/2", "3/3", "done"]
-    assert lines[4].startswith("01") and lines[4].endswith("...") and len(lines[4]) < 120
-    assert lines[5].split()[:4] == ["01", "train_bpe", "0/1", "0/4"]
-    assert lines[-1].split() == ["total", "2/4", "3/10", "1", "of", "3", "exercises", "done"]
+    assert lines[4].split() == ["01", "decode", "1/3", "1/5", "failing", "(2", "of", "3", "tests",
+                                "fail)"]
+    assert lines[-3].split()[:4] == ["01", "train_bpe", "0/1", "0/4"]
+    assert lines[-1].split() == ["total", "3/6", "4/12", "1", "of", "3", "exercises", "done"]
     assert lines[1].index("status") == lines[3].index("done"), "columns are aligned"
+
+
+def test_text_table_wraps_the_whole_message_and_names_the_test():
+    lines = str(sample_result()).splitlines()
+    status_column = lines[1].index("status")
+    message = lines[5:-3]  # the decode row's message, under its status
+    assert len(message) >= 3, "a long message is wrapped over several lines"
+    assert all(line[:status_column].strip() == "" for line in message), "it stays in its column"
+    assert all(len(line) <= status_column + STATUS_WIDTH for line in lines), "within the table"
+    text = " ".join(line.strip() for line in message)
+    assert text == f"test_decode: {LONG_MESSAGE}", "the whole message, with the test's name"
+    assert "..." not in str(sample_result()) and "the second failure" not in str(sample_result())
+
+
+def test_verbose_table_lists_every_failing_test():
+    text = " ".join(str(sample_result(verbose=True)).split())
+    assert f"test_decode: {LONG_MESSAGE}" in text
+    assert "test_decode_again: the second failure" in text
+
+
+def test_dependency_is_named_in_the_row_of_the_caller():
+    tests = [*sample_result().tests, GradedTest("01", "encode", 1, "test_encode_more", FAILED,
+                                                "wrong ids", ("decode",))]
+    statuses = {score.name: score.status for score in GradeResult("exercises", tests).exercises}
+    assert statuses["encode"].startswith("fails because `decode` fails; fix that first (1 of 3")
+    assert statuses["decode"].startswith("failing (2 of 3 tests fail)")
 
 
 def test_html_table_escapes_and_colours_statuses():
     table = sample_result()._repr_html_()
     assert "expected &lt;b&gt; but got" in table and "<b>" not in table
+    assert "(the last words)" in table and "<br>test_decode: " in table
     assert table.count("<tr") == 1 + 3 + 1  # header, one per exercise, total
-    assert 'style="color: green"' in table and 'style="color: firebrick"' in table
+    assert 'color: green' in table and 'color: firebrick' in table
+
+
+def test_every_graded_assertion_has_a_message():
+    bare = []
+    for path in sorted((REPO_ROOT / "tests" / "graded").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert) and node.msg is None:
+                bare.append(f"{path.name}:{node.lineno}")
+    assert not bare, f"assertions without a message for the learner: {bare}"
 
 
 def test_results_survive_a_json_round_trip():
