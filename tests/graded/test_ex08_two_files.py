@@ -11,12 +11,24 @@ import struct
 import numpy as np
 import pytest
 import torch
+from graded_feedback import attempt
 
 from minillm import export
 from minillm.model import Block, GPTConfig
 
 FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_hidden", "flags",
           "dtype", "tokenizer", "n_tokens", "n_special")
+HEADER_RULE = ("the header is the magic b'MLLM', then the version 1 and the 11 fields in the order "
+               f"{FIELDS}, each a little-endian unsigned 32-bit integer ('<I')")
+UNPACK_RULE = ("unpack_header checks the magic b'MLLM' (else 'not ...') and the length (else "
+               "'truncated'), reads the version from bytes 4-8 (a version other than 1: 'version "
+               "N'), then the 11 fields from byte 8, each a little-endian unsigned 32-bit integer")
+QUANTIZE_RULE = ("each row r gets its own scale max|w[r]| / 127 and q = round(w / scale) as int8, "
+                 "so every value is within scale/2 of scale * q")
+DEQUANTIZE_RULE = "row r of q times scales[r] (scales[:, None]), as float32"
+BLOCK_RULE = ("append the new token's key and value to the caches first, then attend over every "
+              "cached token with softmax(q k^T / sqrt(D)) in each head (head h uses features "
+              "[h*D:(h+1)*D]), with a residual around the attention and around the MLP")
 HEADER = {"vocab_size": 69, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128,
           "mlp_hidden": 512, "flags": 16, "dtype": 2, "tokenizer": 1, "n_tokens": 69,
           "n_special": 4}
@@ -49,9 +61,9 @@ def test_header_matches_minillm(impl):
     for seed in range(3):
         rng = np.random.default_rng(seed)
         header = {name: int(rng.integers(0, 2**32)) for name in FIELDS}
-        got, want = impl.pack_header(header), export.pack_header(header)
+        got, want = attempt(HEADER_RULE, impl.pack_header, header), export.pack_header(header)
         assert got == want, (f"for {header}, expected {want.hex()} (minillm.export.pack_header), "
-                             f"got {got.hex()}; values up to 2**32 - 1 need unsigned '<I'")
+                             f"got {got.hex()}: {HEADER_RULE}")
 
 
 # --- Exercise 08.2: unpack_header --------------------------------------------------------------
@@ -60,9 +72,9 @@ def test_header_matches_minillm(impl):
 @pytest.mark.exercise("unpack_header", points=2)
 def test_unpack_reads_what_minillm_writes(impl):
     data = export.pack_header(HEADER) + b"\x00" * 100  # the tokenizer and weights follow
-    got = impl.unpack_header(data)
+    got = attempt(UNPACK_RULE, impl.unpack_header, data)
     assert got == HEADER, (f"unpack_header(the 52 header bytes + 100 more) should give "
-                           f"{HEADER}, got {got}")
+                           f"{HEADER}, got {got}: {UNPACK_RULE}")
 
 
 @pytest.mark.exercise("unpack_header", points=2)
@@ -77,10 +89,10 @@ def test_unpack_refuses_bad_files_with_a_sentence(impl):
             got = impl.unpack_header(data)
         except ValueError as err:
             assert word in str(err), (f"for {name}, the ValueError should say {word!r}; it "
-                                      f"says {str(err)!r}")
+                                      f"says {str(err)!r}: {UNPACK_RULE}")
         else:
             raise AssertionError(f"for {name}, unpack_header should raise ValueError (saying "
-                                 f"{word!r}), but it returned {got}")
+                                 f"{word!r}), but it returned {got}: {UNPACK_RULE}")
 
 
 # --- Exercise 08.3: quantize_int8 --------------------------------------------------------------
@@ -106,7 +118,7 @@ def test_quantize_error_is_at_most_half_a_step(impl):
     rng = np.random.default_rng(0)
     w = (rng.normal(size=(32, 48)) * rng.uniform(0.01, 3, size=(32, 1))).astype(np.float32)
     w[5] = 0.0  # a row of zeros must stay zeros, not NaN
-    q, scales = impl.quantize_int8(w)
+    q, scales = attempt(QUANTIZE_RULE, impl.quantize_int8, w)
     q, scales = np.asarray(q), np.asarray(scales, dtype=np.float32)
     assert q.shape == w.shape and scales.shape == (32,), (
         f"for a (32, 48) matrix expected q (32, 48) and scales (32,), got {q.shape} and "
@@ -120,8 +132,8 @@ def test_quantize_error_is_at_most_half_a_step(impl):
     err = np.abs(q.astype(np.float32) * scales[:, None] - w).max(axis=1)
     worst = int(np.argmax(err / np.maximum(want_s, 1e-12)))
     assert (err <= want_s / 2 + 1e-6).all(), (
-        f"every value must be within scale/2 of scale * q; row {worst} is off by {err[worst]:.4g}"
-        f" with scale {want_s[worst]:.4g}")
+        f"row {worst} is off by {err[worst]:.4g} with scale {want_s[worst]:.4g}: "
+        f"{QUANTIZE_RULE}")
     assert (np.abs(q).max(axis=1)[np.arange(32) != 5] == 127).all(), (
         "each row's largest magnitude should become +-127")
 
@@ -133,7 +145,7 @@ def test_quantize_error_is_at_most_half_a_step(impl):
 def test_dequantize_by_hand_and_without_overflow(impl):
     q = np.array([[50, -127, 0], [127, 127, -1]], dtype=np.int8)
     scales = np.array([0.01, 0.02], dtype=np.float32)
-    got = np.asarray(impl.dequantize_int8(q, scales))
+    got = np.asarray(attempt(DEQUANTIZE_RULE, impl.dequantize_int8, q, scales))
     want = np.array([[0.5, -1.27, 0.0], [2.54, 2.54, -0.02]], dtype=np.float32)
     assert got.shape == (2, 3) and np.allclose(got, want), (
         f"row r times scales[r]: expected {want.tolist()}, got {got.tolist()}")
@@ -144,7 +156,7 @@ def test_dequantize_by_hand_and_without_overflow(impl):
 def test_dequantize_undoes_minillm_quantize(impl):
     w = np.random.default_rng(1).normal(size=(8, 16)).astype(np.float32)
     q, scales = export.quantize_int8(w)
-    got = np.asarray(impl.dequantize_int8(q, scales))
+    got = np.asarray(attempt(DEQUANTIZE_RULE, impl.dequantize_int8, q, scales))
     want = export.dequantize_int8(q, scales)
     assert np.allclose(got, want, atol=1e-7), (
         f"expected minillm.export.dequantize_int8's {want[0, :3]}..., got {got[0, :3]}...")
@@ -170,7 +182,8 @@ def test_block_step_on_a_first_token(impl):
     with torch.no_grad():
         want = block(x[None, None])[0, 0].numpy()
     empty = np.zeros((4, 0, 4))
-    out, k, v = impl.block_step(x.numpy().astype(np.float64), empty, empty, weights, 4)
+    out, k, v = attempt(BLOCK_RULE, impl.block_step, x.numpy().astype(np.float64), empty, empty,
+                        weights, 4)
     assert np.asarray(k).shape == (4, 1, 4) and np.asarray(v).shape == (4, 1, 4), (
         f"with an empty cache (4 heads, 0 tokens, D=4), the returned caches should be (4, 1, 4); "
         f"got {np.asarray(k).shape} and {np.asarray(v).shape}")
@@ -189,11 +202,11 @@ def test_block_step_token_by_token_equals_the_full_forward(impl):
         want = block(xs[None])[0].numpy()  # causal attention over all T tokens at once
     k = v = np.zeros((H, 0, C // H))
     for t in range(T):
-        out, k, v = impl.block_step(xs[t].numpy().astype(np.float64), k, v, weights, H)
+        out, k, v = attempt(BLOCK_RULE, impl.block_step, xs[t].numpy().astype(np.float64), k, v,
+                            weights, H)
         assert np.allclose(out, want[t], atol=1e-4), (
             f"token {t}, fed after {t} cached tokens, should give the full causal forward's row "
-            f"{t}: expected {want[t][:4]}..., got {np.asarray(out)[:4]}... (check the 1/sqrt(D) "
-            f"scale, the head split [h*D:(h+1)*D] and both residuals)")
+            f"{t}: expected {want[t][:4]}..., got {np.asarray(out)[:4]}...: {BLOCK_RULE}")
     # the cache holds each token's key: LayerNorm1, then the k third of qkv, split into heads
     with torch.no_grad():
         keys = block.attn.qkv(block.norm1(xs))[:, C:2 * C].reshape(T, H, C // H)
