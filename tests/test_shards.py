@@ -139,6 +139,7 @@ def test_nothing_to_tokenize(tmp_path, texts, message):
     folder.mkdir()
     with pytest.raises(ValueError, match=message):
         run_prepare(write_texts(folder, texts), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_folder(tmp_path):
@@ -146,10 +147,20 @@ def test_missing_folder(tmp_path):
         run_prepare(tmp_path / "nowhere", tmp_path / "out")
 
 
-def test_a_file_that_is_not_utf8_is_named(corpus_dir, tmp_path):
-    (corpus_dir / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8 text"):
-        run_prepare(corpus_dir, tmp_path / "out")
+def test_a_file_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path):
+    texts = write_texts(tmp_path / "texts", {"a.txt": TEXTS["a.txt"]})
+    (texts / "b.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    # a.txt fills several shards before b.txt fails.
+    with pytest.raises(ValueError, match=r"b\.txt is not UTF-8 text \(byte 3: invalid"):
+        run_prepare(texts, tmp_path / "out", shard_tokens=5)
+    assert [p.name for p in tmp_path.iterdir()] == ["texts"]  # no output, no temporary folder
+
+    run_prepare(write_texts(tmp_path / "good", TEXTS), tmp_path / "out", shard_tokens=50)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(ValueError, match=r"b\.txt is not UTF-8 text"):
+        run_prepare(texts, tmp_path / "out", shard_tokens=5)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "out", "texts"]
 
 
 # ----------------------------------------------------------------------------- the file format
