@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from minillm.files import atomic_write
-from minillm.tokenizer import from_json
+from minillm.tokenizer import Tokenizer, from_json
 
 MAGIC = b"MINILLMT"
 VERSION = 1
@@ -287,21 +287,25 @@ def _in_order(pool: ProcessPoolExecutor, fn, items: list, ahead: int) -> Iterato
 
 
 # Each worker process rebuilds the tokenizer once, from its JSON, rather than receiving it with
-# every file: it crosses the process boundary once, and its cache of encoded pieces carries
-# over from one file to the next.
+# every file: it crosses the process boundary once. A BPE tokenizer encodes through its
+# tiktoken twin, which gives the very same ids (see minillm.tokenizer), faster.
 _worker_tokenizer = None
+_worker_encode = None
 
 
 def _start_worker(tokenizer_json: str) -> None:
-    global _worker_tokenizer
+    global _worker_tokenizer, _worker_encode
     _worker_tokenizer = from_json(tokenizer_json)
+    encoder = (_worker_tokenizer.to_tiktoken() if isinstance(_worker_tokenizer, Tokenizer)
+               else _worker_tokenizer)
+    _worker_encode = encoder.encode_ordinary
 
 
 def _encode_file(path: Path) -> np.ndarray:
     # A numpy array crosses the process boundary as one block of bytes, a list as many objects.
     try:
         text = path.read_text(encoding="utf-8")
-        ids = _worker_tokenizer.encode_ordinary(text)
+        ids = _worker_encode(text)
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}).") from None
     except ValueError as err:

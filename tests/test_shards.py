@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiktoken
 import torch
 
+from minillm import shards
 from minillm.__main__ import main
 from minillm.shards import (
     HEADER,
@@ -161,6 +163,20 @@ def test_a_file_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path):
         run_prepare(texts, tmp_path / "out", shard_tokens=5)
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "out", "texts"]
+
+
+def test_a_bpe_tokenizer_encodes_through_tiktoken_with_the_same_ids(tmp_path):
+    # Text in many scripts, long runs, and characters whose Unicode class changed in 17.0.
+    text = ("Ἐν ἀρχῇ ἦν ὁ λόγος. 日本語のテキスト، مرحبا 123456 \u088f's \u0295a "
+            + "😀" * 300 + " " * 300 + "x!\n\n")
+    texts = {"a.txt": text * 3, "b.txt": f"one {EOT} two"}
+    run_prepare(write_texts(tmp_path / "texts", texts), tmp_path / "out")
+    # The ids of minillm's own encoder, file by file (the <|endoftext|> in b.txt is plain text).
+    expected = (TOKENIZER.encode(texts["a.txt"]) + [TOKENIZER.special_tokens[EOT]]
+                + TOKENIZER.encode(texts["b.txt"]))
+    assert TokenShards(tmp_path / "out")[:].tolist() == expected
+    shards._start_worker(TOKENIZER.to_json())  # what each worker process does first
+    assert isinstance(shards._worker_encode.__self__, tiktoken.Encoding)
 
 
 # ----------------------------------------------------------------------------- the file format
