@@ -64,6 +64,9 @@ def split_text(text: str, pattern: str) -> list[str]:
 # the ids are tiktoken's whatever either package's version, each \p{...} class of a pattern is
 # rewritten to hold exactly the characters tiktoken puts in it, measured by asking tiktoken.
 
+_CLASS = r"\\p\{[^}]*\}"  # a character class of a pattern, such as \p{L} or \p{Lu}
+
+
 @functools.cache
 def tiktoken_equivalent(pattern: str) -> regex.Pattern:
     r"""``pattern`` compiled so that each of its ``\p{...}`` classes holds tiktoken's characters.
@@ -73,17 +76,14 @@ def tiktoken_equivalent(pattern: str) -> regex.Pattern:
     ``[\p{L}--[\U0000088f\U00000c5c...]]``. Takes about 0.2 s per class, once per pattern.
     """
     every_character = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
-    classes = set(regex.findall(CLASS, pattern))
+    classes = set(regex.findall(_CLASS, pattern))
     exact = {cls: _as_tiktoken_reads_it(cls, every_character) for cls in classes}
-    rewritten = regex.sub(CLASS, lambda match: exact[match.group()], pattern)
+    rewritten = regex.sub(_CLASS, lambda match: exact[match.group()], pattern)
     if rewritten == pattern:
         return regex.compile(pattern)
     # Set difference (--) needs regex's version 1 syntax; (?-f) turns off the full case folding
     # that comes with it, keeping the simple folding of version 0 and of tiktoken.
     return regex.compile("(?-f)" + rewritten, regex.V1)
-
-
-CLASS = r"\\p\{[^}]*\}"  # a character class of a pattern, such as \p{L} or \p{Lu}
 
 
 def _as_tiktoken_reads_it(cls: str, every_character: str) -> str:

@@ -21,6 +21,7 @@ from minillm.tokenizer import (
     from_json,
     merge_pair,
     pair_counts,
+    split_text,
 )
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -240,6 +241,12 @@ def test_pieces_are_cut_where_tiktoken_cuts_them_for_every_character(name):
         if tok.encode(text) != enc.encode_ordinary(text):
             strings = [context.format(ch) for ch in EVERY_CHARACTER]
             assert disagreements(tok, enc, strings)[:20] == []
+
+
+def test_a_class_that_tiktoken_cannot_read_keeps_regexs_characters():
+    # Unicode blocks are a `regex` feature that tiktoken's engine lacks.
+    pattern = r"\p{InBasicLatin}+|[^\p{InBasicLatin}]+"
+    assert split_text("naïve", pattern) == ["na", "ï", "ve"]
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(cl100k):
