@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiktoken
 import torch
 
+from minillm import shards
 from minillm.__main__ import main
 from minillm.shards import (
     HEADER,
@@ -139,6 +141,7 @@ def test_nothing_to_tokenize(tmp_path, texts, message):
     folder.mkdir()
     with pytest.raises(ValueError, match=message):
         run_prepare(write_texts(folder, texts), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_folder(tmp_path):
@@ -146,10 +149,34 @@ def test_missing_folder(tmp_path):
         run_prepare(tmp_path / "nowhere", tmp_path / "out")
 
 
-def test_a_file_that_is_not_utf8_is_named(corpus_dir, tmp_path):
-    (corpus_dir / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8 text"):
-        run_prepare(corpus_dir, tmp_path / "out")
+def test_a_file_that_is_not_utf8_is_named_and_nothing_is_written(tmp_path):
+    texts = write_texts(tmp_path / "texts", {"a.txt": TEXTS["a.txt"]})
+    (texts / "b.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    # a.txt fills several shards before b.txt fails.
+    with pytest.raises(ValueError, match=r"b\.txt is not UTF-8 text \(byte 3: invalid"):
+        run_prepare(texts, tmp_path / "out", shard_tokens=5)
+    assert [p.name for p in tmp_path.iterdir()] == ["texts"]  # no output, no temporary folder
+
+    run_prepare(write_texts(tmp_path / "good", TEXTS), tmp_path / "out", shard_tokens=50)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(ValueError, match=r"b\.txt is not UTF-8 text"):
+        run_prepare(texts, tmp_path / "out", shard_tokens=5)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "out", "texts"]
+
+
+def test_a_bpe_tokenizer_encodes_through_tiktoken_with_the_same_ids(tmp_path):
+    # Text in many scripts, long runs, and characters whose Unicode class changed in 17.0.
+    text = ("Ἐν ἀρχῇ ἦν ὁ λόγος. 日本語のテキスト، مرحبا 123456 \u088f's \u0295a "
+            + "😀" * 300 + " " * 300 + "x!\n\n")
+    texts = {"a.txt": text * 3, "b.txt": f"one {EOT} two"}
+    run_prepare(write_texts(tmp_path / "texts", texts), tmp_path / "out")
+    # The ids of minillm's own encoder, file by file (the <|endoftext|> in b.txt is plain text).
+    expected = (TOKENIZER.encode(texts["a.txt"]) + [TOKENIZER.special_tokens[EOT]]
+                + TOKENIZER.encode(texts["b.txt"]))
+    assert TokenShards(tmp_path / "out")[:].tolist() == expected
+    shards._start_worker(TOKENIZER.to_json())  # what each worker process does first
+    assert isinstance(shards._worker_encode.__self__, tiktoken.Encoding)
 
 
 # ----------------------------------------------------------------------------- the file format

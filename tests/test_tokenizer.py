@@ -1,7 +1,11 @@
 import json
+import random
+import time
+import unicodedata
 from collections import Counter
 
 import pytest
+import regex
 import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,9 +15,13 @@ from minillm.tokenizer import (
     GPT4_PATTERN,
     CharTokenizer,
     Tokenizer,
+    _merge_by_scanning,
+    _merge_with_heap,
+    bpe_pieces,
     from_json,
     merge_pair,
     pair_counts,
+    split_text,
 )
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -43,8 +51,6 @@ def test_pair_counts_and_merge_pair():
 def naive_bpe(text: str, n_merges: int, pattern: str) -> list[tuple[int, int]]:
     """Recount every pair after every merge: slow, obviously right, same tie-break (smallest
     pair among the most frequent)."""
-    import regex
-
     words = Counter(regex.findall(pattern, text))
     pieces = {w: list(w.encode()) for w in words}
     merges = []
@@ -119,6 +125,128 @@ def test_published_encodings_match_tiktoken_on_any_text(name):
         assert tok.decode(ids) == text
 
     check()
+
+
+# ---- long pieces -------------------------------------------------------------------------------
+
+def disagreements(tok: Tokenizer, enc: tiktoken.Encoding, strings) -> list[str]:
+    return [s for s in strings if tok.encode(s) != enc.encode_ordinary(s)]
+
+
+def random_long_pieces(n: int, max_length: int, seed: int = 0) -> list[str]:
+    """Texts of one long piece each (a run of emoji, of letters, of punctuation, of spaces)
+    from a few characters, so that most pairs merge and equal pairs overlap."""
+    rng = random.Random(seed)
+    alphabets = ["😀🤗👍🏽\u200d", "ab", "aéeé", "日本語", "!?.,", "  \t", "(){}[]<>=+-*/"]
+    return ["".join(rng.choices(rng.choice(alphabets), k=rng.randint(20, max_length)))
+            for _ in range(n)]
+
+
+def test_merging_with_a_heap_equals_scanning(cl100k):
+    ranks = cl100k._mergeable_ranks
+    for text in random_long_pieces(100, max_length=300):  # scanning is slow beyond that
+        piece = text.encode()
+        assert _merge_with_heap(piece, ranks) == _merge_by_scanning(piece, ranks)
+    # Ties between overlapping pairs: the leftmost is joined first, as in tiktoken.
+    runs = {b"a" * k: k - 1 for k in range(1, 5)}
+    for n in range(1, 40):
+        assert _merge_with_heap(b"a" * n, runs) == _merge_by_scanning(b"a" * n, runs)
+    assert bpe_pieces(b"a" * 5, runs) == [b"aa", b"aaa"]
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_long_pieces_match_tiktoken(name):
+    enc = tiktoken.get_encoding(name)
+    tok = Tokenizer.from_tiktoken(enc)
+    assert disagreements(tok, enc, random_long_pieces(50, max_length=3000, seed=1)) == []
+
+
+@pytest.mark.parametrize("text", ["😀" * 4000, " " * 4000], ids=["16 KB of emoji", "4000 spaces"])
+def test_long_pieces_encode_fast(cl100k, text):
+    tok = Tokenizer.from_tiktoken(cl100k)
+    tok.encode("é")  # reads tiktoken's Unicode tables, once per pattern (about 0.7 s)
+    start = time.perf_counter()
+    ids = tok.encode(text)
+    # 9.6 s for the 16 KB of emoji and 0.9 s for the spaces when every merge rescanned all
+    # pairs; about 0.03 s with the heap, and 0.7 ms in tiktoken.
+    assert time.perf_counter() - start < 0.5
+    assert ids == cl100k.encode(text)
+
+
+# ---- every character: regex's Unicode tables against tiktoken's ------------------------------
+
+EVERY_CHARACTER = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+
+
+def characters_to_check() -> list[str]:
+    """Every character that Python's unicodedata and the installed regex put in different
+    general categories (those added or recategorized between their two Unicode versions, where
+    the disagreements with tiktoken lie: here 14.0, 17.0 and tiktoken's 16.0), and 5,000 more
+    drawn at random. The slow tests check all 1.1 million."""
+    by_category = {}
+    for ch in EVERY_CHARACTER:
+        by_category.setdefault(unicodedata.category(ch), set()).add(ch)
+    text = "".join(EVERY_CHARACTER)
+    changed = set()
+    for category in ["Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Zs"]:
+        changed ^= set(regex.findall(rf"\p{{{category}}}", text)) ^ by_category[category]
+    return sorted(changed | set(random.Random(0).sample(EVERY_CHARACTER, 5000)))
+
+
+def boundary_vocabulary(neighbours: str) -> dict[bytes, int]:
+    """The 256 bytes, and a token for each of ``neighbours`` followed or preceded by any byte.
+    BPE with these merges joins a neighbour and the first (or last) byte of the character next
+    to it exactly when the split pattern puts the two in one piece: the ids show the cuts."""
+    tokens = [bytes([b]) for b in range(256)]
+    for n in neighbours.encode():
+        tokens += [bytes([n, b]) for b in range(256)] + [bytes([b, n]) for b in range(256)]
+    return {token: rank for rank, token in enumerate(dict.fromkeys(tokens))}
+
+
+# Each character between two neighbours: a lowercase and an uppercase letter, a digit,
+# punctuation, a space, and an apostrophe (which starts "'s" and the other contractions).
+CONTEXTS = ["a{}A", "A{}a", "1{}1", "!{}!", " {} ", "'{}'"]
+
+
+@pytest.fixture(scope="module")
+def characters() -> list[str]:
+    return characters_to_check()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base", "o200k_base"])
+def test_pieces_are_cut_where_tiktoken_cuts_them(characters, name):
+    # A vocabulary that makes every cut next to the character visible in the ids, with the split
+    # pattern of a published encoding: each class of the pattern, for every character checked.
+    tok = Tokenizer(boundary_vocabulary("aA1! '"), tiktoken.get_encoding(name)._pat_str)
+    strings = [context.format(ch) for ch in characters for context in CONTEXTS]
+    assert disagreements(tok, tok.to_tiktoken(), strings) == []
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_published_encodings_match_tiktoken_on_every_kind_of_character(characters, name):
+    enc = tiktoken.get_encoding(name)
+    strings = ["\u088f's", "\u0558's"]  # a letter only since Unicode 17.0; the issue's example
+    strings += [s.format(ch) for ch in characters for s in ["{}'s", "a{}1", " {}!"]]
+    assert disagreements(Tokenizer.from_tiktoken(enc), enc, strings) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "cl100k_base", "o200k_base"])
+def test_pieces_are_cut_where_tiktoken_cuts_them_for_every_character(name):
+    tok = Tokenizer(boundary_vocabulary("aA1! '"), tiktoken.get_encoding(name)._pat_str)
+    enc = tok.to_tiktoken()
+    # Checked a context at a time, all characters in one text (for speed), then one by one.
+    for context in CONTEXTS:
+        text = "\n".join(context.format(ch) for ch in EVERY_CHARACTER)
+        if tok.encode(text) != enc.encode_ordinary(text):
+            strings = [context.format(ch) for ch in EVERY_CHARACTER]
+            assert disagreements(tok, enc, strings)[:20] == []
+
+
+def test_a_class_that_tiktoken_cannot_read_keeps_regexs_characters():
+    # Unicode blocks are a `regex` feature that tiktoken's engine lacks.
+    pattern = r"\p{InBasicLatin}+|[^\p{InBasicLatin}]+"
+    assert split_text("naïve", pattern) == ["na", "ï", "ve"]
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(cl100k):
