@@ -17,7 +17,8 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
 from minillm.data import load_shakespeare
-from minillm.tokenizer import GPT4_PATTERN, Tokenizer
+from minillm.pretokenize import GPT4_PATTERN
+from minillm.tokenizer import Tokenizer
 
 
 def best_time(fn, repeats: int):

@@ -3,6 +3,7 @@
 Every module, in the order the lessons use them; a module imports only those above it (and
 ``settings``, ``files``, ``validate``, which everything may use):
 
+- ``pretokenize``: the regex split before BPE, cut where tiktoken cuts (lesson 01)
 - ``tokenizer``: byte-level BPE and characters (lesson 01)
 - ``chat``: the chat template and batched answers (lesson 04)
 - ``data``: the tiny Shakespeare corpus, and the character tokenizer of lessons 02-06

@@ -10,9 +10,8 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minillm.pretokenize import GPT2_PATTERN, GPT4_PATTERN, split_text
 from minillm.tokenizer import (
-    GPT2_PATTERN,
-    GPT4_PATTERN,
     CharTokenizer,
     Tokenizer,
     _merge_by_scanning,
@@ -21,7 +20,6 @@ from minillm.tokenizer import (
     from_json,
     merge_pair,
     pair_counts,
-    split_text,
 )
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
