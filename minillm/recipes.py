@@ -15,6 +15,7 @@ from minillm.dpo import DPOConfig
 from minillm.model import GPTConfig
 from minillm.ppo import PPOConfig
 from minillm.reward import PreferenceConfig
+from minillm.scaling import ScalingConfig
 from minillm.settings import profile
 from minillm.train import TrainConfig
 
@@ -99,3 +100,17 @@ def rlhf_recipe(method: str, profile_name: str | None = None) -> PPOConfig | DPO
             lr=5e-5)  # 3e-5 for 300 steps gained less; at 1e-4 both log-probs fell at first
         return dpo if quick else replace(dpo, steps=1000, batch_size=64)
     raise ValueError(f"The method is 'ppo', 'grpo' or 'dpo', not {method!r}.")
+
+
+def scaling_recipe(profile_name: str | None = None) -> ScalingConfig:
+    """Lesson 03's IsoFLOP experiment (section 10) and ``python -m minillm scaling``."""
+    if _quick(profile_name):
+        return ScalingConfig(
+            budgets=(1e10, 3e10, 1e11),  # TODO
+            tokens_per_param=100,  # TODO
+            sizes=5, size_range=8,  # TODO
+            check_factor=4, check_sizes=3,  # TODO
+            n_layer=2, n_head=2, block_size=64, batch_size=16,  # TODO
+            lr=1e-2, min_lr=1e-3, warmup_steps=20)  # TODO
+    return ScalingConfig(budgets=(5e12, 1.5e13, 5e13), n_layer=4, n_head=4, block_size=128,
+                         batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=100)
