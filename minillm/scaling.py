@@ -139,9 +139,13 @@ def train_at_budget(width: int, budget: float, train_ids: torch.Tensor, val_ids:
 
 def fit_parabola(n: list[float], losses: list[float]) -> tuple[float, float, float]:
     """The valley of one IsoFLOP curve: least squares L = c0 + c1 x + c2 x^2 with x = ln N, whose
-    minimum is at x* = -c1 / (2 c2). Returns (N_opt = e^x*, L(x*), c2); c2 > 0 for a valley."""
+    minimum is at x* = -c1 / (2 c2). Returns (N_opt = e^x*, L(x*), c2); c2 > 0 for a valley, and
+    without one (c2 <= 0, or a line so straight that x* lies beyond any float) N_opt and L are
+    NaN."""
     c2, c1, c0 = np.polyfit(np.log(n), losses, 2)
-    x = -c1 / (2 * c2)
+    x = -c1 / (2 * c2) if c2 > 0 else math.inf
+    if not abs(x) < 700:  # e^700 is near the largest float
+        return math.nan, math.nan, c2
     return math.exp(x), c0 + c1 * x + c2 * x * x, c2
 
 
@@ -250,7 +254,8 @@ def check(fit: dict, config: ScalingConfig, train_ids, val_ids, vocab_size: int,
 def run_scaling(config: ScalingConfig | None = None, train_ids=None, val_ids=None,
                 vocab_size: int | None = None) -> dict:
     """The whole experiment: the sweep, each budget's valley, the power laws through the minima
-    and the check at a larger budget, as plain data (``json.dumps`` writes it as it is).
+    and the check at a larger budget, as plain data (``json.dumps`` writes it as it is). With
+    fewer than two curves that have a minimum, ``fit`` and ``check`` are None.
 
     Without data it trains on the character-level tiny Shakespeare (``char_splits``). The
     caller's global random state is left as it was.
@@ -266,8 +271,9 @@ def run_scaling(config: ScalingConfig | None = None, train_ids=None, val_ids=Non
         with tqdm(total=total, desc="scaling runs", disable=not config.progress) as bar:
             runs = sweep(config, train_ids, val_ids, vocab_size, bar)
             minima = valleys(runs)
-            fit = fit_frontier(minima)
-            checked = check(fit, config, train_ids, val_ids, vocab_size, bar)
+            usable = [m for m in minima if m["curvature"] > 0]  # curves with a minimum
+            fit = fit_frontier(usable) if len(usable) >= 2 else None
+            checked = fit and check(fit, config, train_ids, val_ids, vocab_size, bar)
     finally:
         torch.set_rng_state(state)
     return _plain({"config": asdict(config), "runs": runs, "valleys": minima, "fit": fit,
@@ -278,18 +284,24 @@ def run_scaling(config: ScalingConfig | None = None, train_ids=None, val_ids=Non
 def summary(result: dict) -> str:
     """The experiment in a few lines: each budget's best size, the exponents, the check."""
     fit, chk = result["fit"], result["check"]
+    runs = len(result["runs"]) + (len(chk["runs"]) if chk else 0)
     lines = [f"{'budget C':>10}{'best N':>9}{'tokens D':>11}{'D/N':>6}{'loss':>8}  valley"]
     for v in result["valleys"]:
-        lines.append(f"{v['budget']:>10.2g}{v['n_opt']:>9,.0f}{v['d_opt']:>11,.0f}"
-                     f"{v['d_opt'] / v['n_opt']:>6.0f}{v['loss_opt']:>8.3f}  "
+        ratio = None if v["n_opt"] is None else v["d_opt"] / v["n_opt"]
+        lines.append(f"{v['budget']:>10.2g}{_fmt(v['n_opt'], '>9,.0f')}"
+                     f"{_fmt(v['d_opt'], '>11,.0f')}{_fmt(ratio, '>6.0f')}"
+                     f"{_fmt(v['loss_opt'], '>8.3f')}  "
                      f"{'inside the sweep' if v['inside'] else 'NOT inside the sweep'}")
+    if fit is None:
+        return "\n".join(lines + ["fewer than two curves have a minimum: no power law to fit "
+                                  "(move tokens_per_param or widen size_range)"])
     lines += [f"N_opt ~ C^{fit['a']:.2f}, D_opt ~ C^{fit['b']:.2f} (Chinchilla: about 0.5 and "
               f"0.5); along the frontier L ~ N^{-fit['alpha']:.2f} (falls with N: "
               f"{'yes' if fit['alpha'] > 0 else 'no'})",
               f"check at C = {chk['budget']:.2g}: best N predicted {chk['predicted_n']:,.0f}, "
-              f"measured {chk['measured_n']:,.0f}; loss predicted {chk['predicted_loss']:.3f}, "
-              f"measured {chk['measured_loss']:.3f}",
-              f"{len(result['runs']) + len(chk['runs'])} runs, {result['cpu_s']:.0f} s of CPU "
+              f"measured {_fmt(chk['measured_n'], ',.0f')}; loss predicted "
+              f"{chk['predicted_loss']:.3f}, measured {_fmt(chk['measured_loss'], '.3f')}",
+              f"{runs} runs, {result['cpu_s']:.0f} s of CPU "
               f"time, {result['wall_s']:.0f} s wall time"]
     return "\n".join(lines)
 
@@ -302,11 +314,16 @@ def _advance(bar, run: dict) -> None:
 
 
 def _plain(value):
-    """Python floats, ints, bools, lists and dicts only (numpy scalars become floats)."""
+    """Python floats, ints, bools, lists and dicts only: numpy scalars become Python numbers,
+    and NaN (a fit with no minimum) becomes None, so the JSON is standard."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
-    return value
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
