@@ -114,9 +114,11 @@ def scaling_recipe(profile_name: str | None = None) -> ScalingConfig:
             block_size=64, batch_size=16,  # 1,024 tokens per step: a tiny model's step is ~6 ms
             # of CPU, mostly overhead, so more tokens per step would leave the small ones few steps
             lr=1e-2, min_lr=1e-3,  # beat 3e-3 by 0.07-0.15 nats at widths 8-32 (3e10 and 1e11)
-            warmup_steps=20)  # short: the largest model of a budget trains ~150 steps
+            warmup_steps=20,  # short: the largest model of a budget trains ~150 steps
+            threads=1)  # a second thread made these tiny models 4-15x slower on a busy CPU
     return ScalingConfig(
         budgets=(5e12, 1.5e13, 5e13),  # 500x quick's: best sizes ~22x bigger (sqrt 500 ~ 22)
         n_layer=4, n_head=4, block_size=128,  # deeper models with a longer context
         batch_size=64,  # 8,192 tokens per step keep a GPU busier; not run or tuned yet
-        lr=3e-3, min_lr=3e-4, warmup_steps=100)  # wider models want a lower rate
+        lr=3e-3, min_lr=3e-4, warmup_steps=100,  # wider models want a lower rate
+        threads=None)  # the GPU does the work; torch's own CPU setting

@@ -79,6 +79,7 @@ def test_a_minimum_outside_the_sweep_is_not_inside():
     ({"sizes": 2}, "sizes"), ({"check_sizes": 2}, "check_sizes"),
     ({"check_factor": 0.5}, "check_factor"), ({"lr": 0}, "lr"), ({"min_lr": 1.0}, "min_lr"),
     ({"batch_size": 0}, "batch_size"), ({"seed": 1.5}, "seed"), ({"progress": 1}, "progress"),
+    ({"threads": 0}, "threads"),
 ])
 def test_config_names_the_bad_field(change, field):
     with pytest.raises(ValueError, match=rf"^ScalingConfig\.{field} must be"):
@@ -104,9 +105,14 @@ def test_sweep_widths_center_on_the_guessed_size():
 
 def test_tiny_experiment_returns_json_with_every_field():
     train_ids, val_ids, vocab = tiny_data()
-    state = torch.get_rng_state()
-    result = json.loads(json.dumps(run_scaling(TINY, train_ids, val_ids, vocab)))
-    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is kept
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = json.loads(json.dumps(run_scaling(TINY, train_ids, val_ids, vocab)))
+        assert torch.get_num_threads() == 2  # the caller's thread count is restored ...
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.get_rng_state(), state)  # ... and its random state kept
     assert len(result["runs"]) == 6 and len(result["check"]["runs"]) == 1
     for run in result["runs"] + result["check"]["runs"]:
         assert set(run) == RUN_FIELDS
