@@ -154,3 +154,11 @@ def test_scaling_command_errors_are_one_line():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error: ScalingConfig.budgets must be two or more")
+
+
+def test_the_full_recipe_has_500_times_the_quick_budgets():
+    from minillm.recipes import scaling_recipe
+
+    quick, full = scaling_recipe("quick"), scaling_recipe("full")
+    assert [f / q for q, f in zip(quick.budgets, full.budgets)] == pytest.approx([500] * 3)
+    assert quick.threads == 1 and quick.check_sizes == 3
