@@ -280,7 +280,7 @@ def run_scaling(config: ScalingConfig | None = None, train_ids=None, val_ids=Non
         with tqdm(total=total, desc="scaling runs", disable=not config.progress) as bar:
             runs = sweep(config, train_ids, val_ids, vocab_size, bar)
             minima = valleys(runs)
-            usable = [m for m in minima if m["curvature"] > 0]  # curves with a minimum
+            usable = [m for m in minima if not math.isnan(m["n_opt"])]  # curves with a minimum
             fit = fit_frontier(usable) if len(usable) >= 2 else None
             checked = fit and check(fit, config, train_ids, val_ids, vocab_size, bar)
     finally:
