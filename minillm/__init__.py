@@ -14,6 +14,7 @@ Every module, in the order the lessons use them; a module imports only those abo
 - ``history``: a run's metrics, one row per step, as data and as JSON lines
 - ``train``: the training engine, and the one optimizer step every trainer takes (lesson 03)
 - ``shards``: token streams on disk (lesson 03)
+- ``scaling``: a compute-optimal scaling law by Chinchilla's IsoFLOP method (lesson 03)
 - ``world``: the simulated world: topics, SFT data, the gold reward, the noisy labeler
 - ``policy``: a model as a policy: sampling answers, log-probabilities, watching a run
 - ``sft``: supervised finetuning (lesson 04)

@@ -203,6 +203,25 @@ def pipeline_command(args: argparse.Namespace) -> None:
     run_pipeline(args.profile, args.force or ())
 
 
+def scaling_command(args: argparse.Namespace) -> None:
+    import json
+
+    from minillm.files import atomic_write
+    from minillm.recipes import scaling_recipe
+    from minillm.scaling import run_scaling, summary
+
+    changes = {"budgets": args.budgets, "check_factor": args.check_factor, "seed": args.seed,
+               "device": args.device}
+    config = replace(scaling_recipe(args.profile),
+                     **{k: v for k, v in changes.items() if v is not None})
+    result = run_scaling(config)
+    print(summary(result))
+    if args.json:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"every run and fit in {args.json}")
+
+
 def chat_command(args: argparse.Namespace) -> None:
     from minillm.checkpoint import load_checkpoint
 
@@ -297,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True)
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
-                _add_pipeline, _add_chat, _add_export):
+                _add_pipeline, _add_chat, _add_export, _add_scaling):
         add(stages, shared)
     return parser
 
@@ -422,6 +441,25 @@ def _add_export(stages, shared) -> None:
     exp.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
                      help="how the matrices are stored (default fp32: exact)")
     exp.set_defaults(run=export_command)
+
+
+def _add_scaling(stages, shared) -> None:
+    law = stages.add_parser(
+        "scaling", parents=[shared["profile"]],
+        help="a compute-optimal scaling law by Chinchilla's IsoFLOP method: models of several "
+             "sizes at each compute budget, each budget's best size, N_opt ~ C^a, and a check "
+             "at a larger budget")
+    law.add_argument("--budgets", type=float, nargs="+", default=None, metavar="FLOPS",
+                     help="compute per run, C ~ 6ND (default: the profile's, e.g. 1e10 3e10 "
+                          "1e11 in quick)")
+    law.add_argument("--check-factor", type=float, default=None, metavar="X",
+                     help="the check's budget as a multiple of the largest (default 4)")
+    law.add_argument("--seed", type=int, default=None, help="seeds every run (default 0)")
+    law.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+    law.add_argument("--json", metavar="FILE",
+                     help="write every run (budget, width, N, tokens, held-out loss) and the "
+                          "fits to this JSON file")
+    law.set_defaults(run=scaling_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from minillm.dpo import DPOConfig
 from minillm.model import GPTConfig
 from minillm.ppo import PPOConfig
 from minillm.reward import PreferenceConfig
+from minillm.scaling import ScalingConfig
 from minillm.settings import profile
 from minillm.train import TrainConfig
 
@@ -99,3 +100,25 @@ def rlhf_recipe(method: str, profile_name: str | None = None) -> PPOConfig | DPO
             lr=5e-5)  # 3e-5 for 300 steps gained less; at 1e-4 both log-probs fell at first
         return dpo if quick else replace(dpo, steps=1000, batch_size=64)
     raise ValueError(f"The method is 'ppo', 'grpo' or 'dpo', not {method!r}.")
+
+
+def scaling_recipe(profile_name: str | None = None) -> ScalingConfig:
+    """Lesson 03's IsoFLOP experiment (section 10) and ``python -m minillm scaling``."""
+    if _quick(profile_name):
+        return ScalingConfig(
+            budgets=(1e10, 3e10, 1e11),  # 10x in steps of 3x: sweep and check ~2.5 CPU-minutes
+            tokens_per_param=100,  # trial sweeps' minima lay at D/N 83-154 (seeds 0 and 1)
+            sizes=5, size_range=8,  # N over 8x per budget: every minimum inside, seeds 0 and 1
+            check_factor=4, check_sizes=3,  # 4e11: N/2, N, 2N locate the check's own minimum
+            n_layer=2, n_head=2,  # depth fixed, width varied; two heads fit any even width
+            block_size=64, batch_size=16,  # 1,024 tokens per step: a tiny model's step is ~6 ms
+            # of CPU, mostly overhead, so more tokens per step would leave the small ones few steps
+            lr=1e-2, min_lr=1e-3,  # beat 3e-3 by 0.07-0.15 nats at widths 8-32 (3e10 and 1e11)
+            warmup_steps=20,  # short: the largest model of a budget trains ~150 steps
+            threads=1)  # a second thread made these tiny models 4-15x slower on a busy CPU
+    return ScalingConfig(
+        budgets=(5e12, 1.5e13, 5e13),  # 500x quick's: best sizes ~22x bigger (sqrt 500 ~ 22)
+        n_layer=4, n_head=4, block_size=128,  # deeper models with a longer context
+        batch_size=64,  # 8,192 tokens per step keep a GPU busier; not run or tuned yet
+        lr=3e-3, min_lr=3e-4, warmup_steps=100,  # wider models want a lower rate
+        threads=None)  # the GPU does the work; torch's own CPU setting
