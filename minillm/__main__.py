@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -116,7 +115,7 @@ def sft_command(args: argparse.Namespace) -> None:
 def reward_command(args: argparse.Namespace) -> None:
     from minillm import artifacts
     from minillm.checkpoint import load_checkpoint
-    from minillm.evaluate import evaluate_reward_model
+    from minillm.evaluate import evaluate_reward_model, reward_model_report
     from minillm.recipes import reward_recipe
     from minillm.reward import make_preference_data, train_reward_model
 
@@ -137,28 +136,8 @@ def reward_command(args: argparse.Namespace) -> None:
     print(f"Training a reward model from {args.init or artifacts.sft_model_path(args.profile)}")
     model, history = train_reward_model(init, data, engine_run(recipe, args, out))
     print_last_evaluation(history, out, "held-out loss")
-    print_reward_model_metrics(evaluate_reward_model(model, init.tokenizer, data.held_out),
-                               data)
-
-
-def print_reward_model_metrics(m: dict, data) -> None:
-    from minillm.evaluate import feature_accuracy
-    from minillm.world import WEIGHTS
-
-    print(f"Held-out: n={m['n_pairs']} pairs of {m['n_responses']} answers to "
-          f"{m['n_prompts']} prompts (standard errors clustered by prompt)")
-    print(f"  accuracy against the labels  {m['label_accuracy']:.3f} ± "
-          f"{m['label_accuracy_se']:.3f}  (the labels' own agreement with gold: "
-          f"{data.held_out.agreement_with_gold():.3f})")
-    print(f"  accuracy against gold        {m['gold_accuracy']:.3f} ± "
-          f"{m['gold_accuracy_se']:.3f}")
-    print(f"  Spearman(score, gold)        {m['spearman']:.3f}")
-    print("Pairs that differ in one quality only (0.5 is chance):")
-    print(f"  {'quality':<12}{'weight':>7}{'pairs':>7}  accuracy")
-    for name, f in feature_accuracy(data.held_out, m["scores"]).items():
-        accuracy = "-" if f["n"] == 0 else f"{f['accuracy']:.3f}" + (
-            f" ± {f['se']:.3f}" if math.isfinite(f["se"]) else "")
-        print(f"  {name:<12}{WEIGHTS[name]:>7.1f}{f['n']:>7}  {accuracy}")
+    print(reward_model_report(evaluate_reward_model(model, init.tokenizer, data.held_out),
+                              data.held_out))
 
 
 def rlhf_command(args: argparse.Namespace) -> None:

@@ -150,6 +150,26 @@ def evaluate_reward_model(model: RewardModel, tokenizer, comparisons: Comparison
             "n_responses": len(scores), "scores": scores}
 
 
+def reward_model_report(m: dict, held_out: Comparisons) -> str:
+    """``evaluate_reward_model``'s metrics ``m`` on ``held_out`` as a few lines of text, with the
+    accuracy on pairs that differ in one quality only."""
+    lines = [f"Held-out: n={m['n_pairs']} pairs of {m['n_responses']} answers to "
+             f"{m['n_prompts']} prompts (standard errors clustered by prompt)",
+             f"  accuracy against the labels  {m['label_accuracy']:.3f} ± "
+             f"{m['label_accuracy_se']:.3f}  (the labels' own agreement with gold: "
+             f"{held_out.agreement_with_gold():.3f})",
+             f"  accuracy against gold        {m['gold_accuracy']:.3f} ± "
+             f"{m['gold_accuracy_se']:.3f}",
+             f"  Spearman(score, gold)        {m['spearman']:.3f}",
+             "Pairs that differ in one quality only (0.5 is chance):",
+             f"  {'quality':<12}{'weight':>7}{'pairs':>7}  accuracy"]
+    for name, f in feature_accuracy(held_out, m["scores"]).items():
+        accuracy = "-" if f["n"] == 0 else f"{f['accuracy']:.3f}" + (
+            f" ± {f['se']:.3f}" if math.isfinite(f["se"]) else "")
+        lines.append(f"  {name:<12}{WEIGHTS[name]:>7.1f}{f['n']:>7}  {accuracy}")
+    return "\n".join(lines)
+
+
 def feature_accuracy(comparisons: Comparisons, scores: list[float]) -> dict[str, dict]:
     """Which qualities the RM learned, and which it is blind to.
 
