@@ -1,7 +1,7 @@
-"""Tests of minillm.rlhf: rollouts and their layout, the log-probabilities read from them, the
-PPO, GRPO and DPO loops on tiny models (what they log, that they warn when nothing can be learned),
-the paired comparison of policies, and (slow) that the PPO, GRPO and DPO policies beat the
-SFT model on gold reward on held-out prompts."""
+"""Tests of minillm.policy, minillm.ppo and minillm.dpo: rollouts and their layout, the
+log-probabilities read from them, the PPO, GRPO and DPO loops on tiny models (what they log,
+that they warn when nothing can be learned), the paired comparison of policies, and (slow) that
+the PPO, GRPO and DPO policies beat the SFT model on gold reward on held-out prompts."""
 
 import math
 import os
