@@ -55,21 +55,6 @@ def c_rate(binary: Path, file: Path, n: int) -> float:
     return max(rates)
 
 
-@torch.no_grad()
-def window_reference(model, ids: list[int], n: int) -> list[int]:
-    """Greedy tokens under the runners' window policy, each step a plain forward (see run.c)."""
-    bs = model.config.block_size
-    slide, ids, new = max(1, bs // 4), list(ids), []
-    s = max(0, len(ids) - bs)
-    for _ in range(n):
-        if new and len(ids) - s > bs:
-            s = len(ids) - (bs - slide)
-        token = int(model(torch.tensor([ids[s:]]))[0][0, -1].argmax())
-        ids.append(token)
-        new.append(token)
-    return new
-
-
 def greedy_agreement(binary: Path | None, folder: Path, n: int = 200) -> None:
     """200 greedy tokens from C and NumPy against PyTorch, for the base, SFT and PPO models."""
     from minillm.chat import prompt_ids
@@ -81,7 +66,8 @@ def greedy_agreement(binary: Path | None, folder: Path, n: int = 200) -> None:
         ids = (tok.encode(PROMPT) if name == "base"
                else prompt_ids([{"role": "user", "content": "Speak of love."}], tok))
         path = export(checkpoint, folder / f"{name}.bin")
-        want = window_reference(model, ids, n)
+        # GPT.generate's KV cache follows the window policy that run.c and the NumPy runner use
+        want = model.generate(torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist()
         numpy_same = sum(a == b for a, b in zip(nr.generate(read_export(path), ids, n), want))
         line = f"  {name:5} NumPy {numpy_same}/{n} equal"
         if binary:
