@@ -405,10 +405,10 @@ class _Run:
         began = time.perf_counter()
         micro = global_batch(train_data, config, self.block_size, self.batches, dist,
                              self.device)
-        loss, grad_norm = train_step(stepper, self.optimizer, micro, lr_at(step, config),
-                                     config.grad_clip, dtype)
+        lr = lr_at(step, config)
+        loss, grad_norm = train_step(stepper, self.optimizer, micro, lr, config.grad_clip, dtype)
         seconds = time.perf_counter() - began
-        row = {"step": step, "lr": lr_at(step, config),
+        row = {"step": step, "lr": lr,
                "train_loss": mean_across(loss, dist, self.device), "grad_norm": grad_norm,
                "tokens_per_s": tokens / seconds, "flops_per_s": tokens * flops_per_token / seconds}
         if peak:
