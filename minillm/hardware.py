@@ -10,6 +10,7 @@ DistributedDataParallel.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -75,6 +76,9 @@ def init_distributed(device: str) -> Distributed:
     if not dist.is_initialized():
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # Left to the interpreter's teardown, the group's threads can be destroyed while still
+        # running, and the process aborts ("terminate called without an active exception").
+        atexit.register(dist.destroy_process_group)
     return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -318,6 +318,8 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
         run = _Run(model, optimizer, batches, config, dist, device, block_size, tokenizer, stage)
         try:
             run.loop(train_data, val_data, history)
+            if dist.world_size > 1:  # every rank leaves once rank 0's checkpoint is written
+                torch.distributed.barrier()
         finally:
             model.train(was_training)
     return history
