@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from minillm.data import char_tokenizer
 from minillm.dpo import DPOConfig
+from minillm.lora import LoRAConfig
 from minillm.model import GPTConfig
 from minillm.ppo import PPOConfig
 from minillm.reward import PreferenceConfig
@@ -59,6 +60,12 @@ def sft_recipe(profile_name: str | None = None) -> TrainConfig:
             eval_interval=100, eval_batches=10)
     return TrainConfig(max_steps=1500, batch_size=64, lr=3e-4, min_lr=3e-5, warmup_steps=100,
                        eval_interval=250, eval_batches=20)
+
+
+def lora_recipe(profile_name: str | None = None) -> tuple[LoRAConfig, TrainConfig]:
+    """Lesson 04's LoRA finetune: its adapters and its run (``sft(..., lora=...)``)."""
+    lora = LoRAConfig(rank=4, alpha=8.0)
+    return lora, replace(sft_recipe(profile_name), weight_decay=0.0)
 
 
 def reward_recipe(profile_name: str | None = None) -> tuple[PreferenceConfig, TrainConfig]:
