@@ -18,6 +18,8 @@ every layer to reach the adapters of the first.)
   larger, so a learning rate found at one rank roughly carries over to another.
 - The forward pass never forms the (out x in) matrix B @ A: it adds two thin matmuls,
   y = x W^T + b + (alpha / r) * (x A^T) B^T.
+- ``train_embeddings=True`` also trains the token embedding (tied to the output layer) in full,
+  as is usual when a chat template brings tokens that pretraining never saw as inputs.
 
 Three operations make adapters practical:
 
@@ -50,7 +52,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minillm.validate import is_int, is_number, require, require_positive_ints
+from minillm.validate import is_int, is_number, require, require_bools, require_positive_ints
 
 # The linear layers of a block (minillm.model.Block) an adapter can be put on, by their names.
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
@@ -63,6 +65,9 @@ class LoRAConfig:
     targets: tuple[str, ...] = TARGETS  # which linear layers of each block get an adapter
     layers: tuple[int, ...] | None = None  # which blocks (by index); None: every block
     dropout: float = 0.0  # dropout on the adapter's input (the frozen path has none of its own)
+    # Also train the token embedding (tied to the output layer) in full: a chat template's
+    # special tokens were never inputs in pretraining, and their rows may need to move.
+    train_embeddings: bool = False
 
     def __post_init__(self):
         # Lists (as a checkpoint stores them) become tuples, so equal configs compare equal.
@@ -77,6 +82,7 @@ class LoRAConfig:
                 "None (every block) or a non-empty tuple of block indices")
         require(self, "dropout", is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
                 "a number in [0, 1)")
+        require_bools(self, "train_embeddings")
 
     @property
     def scale(self) -> float:
@@ -142,6 +148,8 @@ def add_adapters(model: nn.Module, config: LoRAConfig) -> nn.Module:
             parent_name, name = target.split(".")
             parent = getattr(blocks[i], parent_name)
             setattr(parent, name, LoRALinear(getattr(parent, name), config))
+    if config.train_embeddings:
+        _token_embedding(model).requires_grad_(True)
     model.lora = config
     return model
 
@@ -231,6 +239,13 @@ def _adapted(model: nn.Module) -> list[LoRALinear]:
     if not layers:
         raise ValueError("This model has no LoRA adapters (add them with add_adapters).")
     return layers
+
+
+def _token_embedding(model: nn.Module) -> nn.Embedding:
+    for module in model.modules():
+        if isinstance(getattr(module, "tok_emb", None), nn.Embedding):
+            return module.tok_emb
+    raise ValueError(f"A {type(model).__name__} has no token embedding to train.")
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:

@@ -112,6 +112,15 @@ def test_only_the_adapters_train_and_the_optimizer_holds_only_them():
                                           if "lora" in n}
 
 
+def test_train_embeddings_adds_the_token_embedding_to_what_trains():
+    model = add_adapters(tiny_gpt(), LoRAConfig(rank=1, alpha=1, targets=("mlp.fc",),
+                                                train_embeddings=True))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained == ["tok_emb.weight", "blocks.0.mlp.fc.lora_A", "blocks.0.mlp.fc.lora_B",
+                       "blocks.1.mlp.fc.lora_A", "blocks.1.mlp.fc.lora_B"]
+    assert trainable_parameters(model) == 69 * 32 + 2 * (32 + 4 * 32)  # tied: counted once
+
+
 def test_a_zero_b_still_gives_a_gradient_to_b_but_not_to_a():
     # The reason B starts at zero and A random: the first step moves B only.
     model = add_adapters(tiny_gpt(), LoRAConfig(rank=2, alpha=2))
