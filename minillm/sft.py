@@ -86,7 +86,8 @@ def sft(base, config: TrainConfig, data: SFTData | None = None, tokenizer=None,
 
     Example::
 
-        >>> model, history = sft(base_checkpoint, sft_recipe(), lora=LoRAConfig(rank=4))
+        >>> adapters, run = minillm.recipes.lora_recipe()  # rank 4, alpha 8, lr 1e-2
+        >>> model, history = sft(base_checkpoint, run, lora=adapters)
     """
     base, tokenizer = model_and_tokenizer(base, tokenizer, "sft() needs the base model's tokenizer")
     data = data or make_sft_data()
