@@ -90,15 +90,24 @@ def sft_command(args: argparse.Namespace) -> None:
     from minillm.checkpoint import load_checkpoint
     from minillm.evaluate import summarize
     from minillm.policy import answer_prompts
-    from minillm.recipes import sft_recipe
+    from minillm.recipes import lora_recipe, sft_recipe
     from minillm.sft import sft
     from minillm.world import make_sft_data
 
+    recipe, lora = sft_recipe(args.profile), None
+    if args.lora_rank is not None:
+        lora, recipe = lora_recipe(args.profile)
+        lora = replace(lora, rank=args.lora_rank,
+                       alpha=lora.alpha if args.lora_alpha is None else args.lora_alpha)
+    elif args.lora_alpha is not None:
+        raise ValueError("--lora-alpha scales LoRA adapters: give --lora-rank too.")
     base = load_checkpoint(args.base) if args.base else artifacts.base_model(args.profile)
     out = Path(args.out or artifacts.sft_model_path(args.profile))
     data = make_sft_data(seed=args.data_seed)
-    print(f"{data}: finetuning {args.base or artifacts.base_model_path(args.profile)}")
-    model, history = sft(base, engine_run(sft_recipe(args.profile), args, out), data)
+    print(f"{data}: finetuning {args.base or artifacts.base_model_path(args.profile)}"
+          + ("" if lora is None else f" with LoRA adapters (rank {lora.rank}, alpha "
+                                     f"{lora.alpha:g})"))
+    model, history = sft(base, engine_run(recipe, args, out), data, lora=lora)
     print_last_evaluation(history, out)
     if args.eval_samples > 0:
         n = len(data.prompts) * args.eval_samples
@@ -348,6 +357,11 @@ def _add_sft(stages, shared) -> None:
                       help="the seed that makes the SFT examples and holds some out")
     fine.add_argument("--eval-samples", type=int, default=4, metavar="N",
                       help="answers per held-out prompt in the comparison (default 4; 0 skips it)")
+    fine.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
+                      help="train rank-R LoRA adapters on frozen weights instead of every "
+                           "weight (the 'lora' recipe; the checkpoint loads as a plain model)")
+    fine.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                      help="scale the adapters' update by A / R (default: the recipe's, 8)")
     fine.set_defaults(run=sft_command)
 
 

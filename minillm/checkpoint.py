@@ -5,7 +5,11 @@ A checkpoint is a ``torch.save`` file holding a dict::
     {"format": "minillm-checkpoint/1", "model_config": {...}, "model": state_dict,
      "tokenizer": json_text_or_None, **state}
 
-where ``state`` is whatever the caller adds (step, optimizer state, history, ...).
+where ``state`` is whatever the caller adds (step, optimizer state, history, ...). A model
+saved with LoRA adapters (``minillm.lora``, e.g. mid-way through a LoRA finetune) also has
+``"lora": {...}``, its adapters' config, and its state dict holds the frozen weights and the
+adapters apart, so a run can resume from it; ``load_checkpoint`` merges them, so every reader
+gets a plain GPT.
 
 Two promises:
 
@@ -26,12 +30,13 @@ from pathlib import Path
 import torch
 
 from minillm.files import atomic_write
+from minillm.lora import LoRAConfig, add_adapters, unload
 from minillm.model import GPT, GPTConfig
 from minillm.settings import pick_device
 from minillm.tokenizer import CharTokenizer, Tokenizer, from_json
 
 FORMAT = "minillm-checkpoint/1"
-RESERVED_KEYS = ("format", "model_config", "model", "tokenizer")
+RESERVED_KEYS = ("format", "model_config", "model", "tokenizer", "lora")
 
 # What made a checkpoint, saved as its state's "stage". A base model's may have none (files
 # written before stages were marked).
@@ -84,13 +89,16 @@ def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
         "tokenizer": None if tokenizer is None else tokenizer.to_json(),
         **state,
     }
+    if getattr(model, "lora", None) is not None:
+        payload["lora"] = asdict(model.lora)
     with atomic_write(path) as f:
         torch.save(payload, f)
 
 
 def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
-    """Read a file written by ``save_checkpoint``: the model (in eval mode, on ``device``), the
-    tokenizer (or None) and the rest of the saved state.
+    """Read a file written by ``save_checkpoint``: the model (in eval mode, on ``device``; LoRA
+    adapters, if it was saved with some, merged into its weights), the tokenizer (or None) and
+    the rest of the saved state.
 
     ``model_class`` is what the weights are loaded into: a GPT, or another module built from a
     GPTConfig, such as ``minillm.reward.RewardModel`` (a GPT with a reward head).
@@ -113,6 +121,8 @@ def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
         raise ValueError(f"{path} is not a minillm checkpoint (it has no {FORMAT!r} marker).")
 
     model = model_class(GPTConfig(**payload["model_config"]))
+    if payload.get("lora") is not None:  # saved with adapters: add them, to merge them below
+        add_adapters(model, LoRAConfig(**payload["lora"]))
     if set(payload["model"]) != set(model.state_dict()):  # e.g. a reward model read as a GPT
         reward = payload.get("stage") == REWARD
         raise ValueError(f"{path} holds {'a reward' if reward else 'a language'} model, whose "
@@ -120,6 +130,7 @@ def load_checkpoint(path, device: str = "cpu", model_class=GPT) -> Checkpoint:
                          + (" (load it with minillm.reward.load_reward_model)." if reward
                             else "."))
     model.load_state_dict(payload["model"])
+    unload(model)  # adapters merged into the weights: a plain model (no change without them)
     model.to(device).eval()
     tokenizer = None if payload["tokenizer"] is None else from_json(payload["tokenizer"])
     state = {key: value for key, value in payload.items() if key not in RESERVED_KEYS}

@@ -9,10 +9,15 @@ on implicit rewards. The same optimum as PPO's, reached by supervised learning.
 What this deliberately leaves out: no label smoothing (conservative DPO), no IPO or other loss
 variants, no reference-free mode; the reference's log-probabilities of every answer are computed
 once, before training. Run it with ``python -m minillm rlhf --method dpo``.
+
+With ``lora=LoRAConfig(...)`` the policy trains LoRA adapters on frozen SFT weights
+(``minillm.lora``), and the reference is the same model with its adapters switched off: the
+frozen weights *are* the reference, so no second copy is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -27,6 +32,7 @@ from minillm.checkpoint import model_and_tokenizer
 from minillm.evaluate import answer_stats
 from minillm.hardware import callers_rng_kept
 from minillm.history import open_log, record
+from minillm.lora import AdaptersOff, LoRAConfig, adapters_disabled, add_adapters, unload
 from minillm.model import GPT
 from minillm.policy import Monitor, rollout, sequence_kl, token_logprobs
 from minillm.reward import encode_responses
@@ -96,7 +102,7 @@ def answer_logprobs(model: GPT, ids: torch.Tensor, mask: torch.Tensor) -> torch.
 
 
 def dpo(policy, comparisons: Comparisons, config: DPOConfig | None = None,
-        tokenizer=None) -> tuple[GPT, list[dict]]:
+        tokenizer=None, lora: LoRAConfig | None = None) -> tuple[GPT, list[dict]]:
     """Tune a copy of ``policy`` (the SFT model) with DPO on ``comparisons`` (lesson 05's
     training pairs); returns (tuned policy, history).
 
@@ -105,6 +111,8 @@ def dpo(policy, comparisons: Comparisons, config: DPOConfig | None = None,
     ``elapsed_s``. Every ``eval_interval`` steps the row also has the gold reward, KL to the
     reference and answer statistics of ``eval_answers`` answers sampled from the policy
     (temperature 1). The caller's model and global random state are left as they were.
+
+    ``lora`` trains adapters only (module docstring); the policy returned has them merged in.
     """
     config = config or DPOConfig()
     sft_model, tokenizer = model_and_tokenizer(policy, tokenizer, "dpo() needs the tokenizer")
@@ -112,15 +120,20 @@ def dpo(policy, comparisons: Comparisons, config: DPOConfig | None = None,
     with callers_rng_kept(device):
         torch.manual_seed(config.seed)  # dropout's randomness
         policy = copy.deepcopy(sft_model).to(device)
+        if lora is not None:
+            add_adapters(policy, lora)
         ids, mask = (t.to(device) for t in encode_responses(comparisons.responses, tokenizer))
         lengths = (mask * torch.arange(mask.size(1), device=device)).argmax(1) + 1
-        ref_logp = reference_logprobs(policy, ids, mask)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+        with adapters_disabled(policy) if lora else contextlib.nullcontext():
+            ref_logp = reference_logprobs(policy, ids, mask)
+        optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad],
+                                      lr=config.lr, weight_decay=0.0)
         pairs = torch.tensor(comparisons.pairs, device=device)
         generator = torch.Generator(device=device).manual_seed(config.seed)
         order = random.Random(config.seed)
         asked = [order.choice(preference_prompts()[0]) for _ in range(config.eval_answers)]
-        reference = copy.deepcopy(sft_model).to(device).eval().requires_grad_(False)
+        reference = AdaptersOff(policy) if lora else \
+            copy.deepcopy(sft_model).to(device).eval().requires_grad_(False)
         history: list[dict] = []
         losses, monitor, start = [], Monitor(), time.perf_counter()
         policy.train()
@@ -147,7 +160,7 @@ def dpo(policy, comparisons: Comparisons, config: DPOConfig | None = None,
                 record(row, start, history, log)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
                 bar.update()
-    return policy.eval(), history
+    return unload(policy).eval(), history
 
 
 def dpo_step(policy: GPT, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
@@ -178,7 +191,7 @@ def reference_logprobs(model: GPT, ids: torch.Tensor, mask: torch.Tensor,
 
 
 @torch.no_grad()
-def sample_stats(policy: GPT, reference: GPT, tokenizer, asked: list[dict],
+def sample_stats(policy: GPT, reference: GPT | AdaptersOff, tokenizer, asked: list[dict],
                  generator: torch.Generator) -> dict:
     """Gold reward, KL to ``reference`` and answer statistics of the policy's answers to
     ``asked`` (temperature 1); DPO has no reward model, so no proxy reward."""

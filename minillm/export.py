@@ -187,6 +187,9 @@ def header_of(config, tokenizer, dtype: str) -> dict:
     """The header fields of a GPTConfig, its tokenizer (or None) and a dtype name."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}.")
+    if config.mlp == "gelu_tanh":
+        raise ValueError("The runners compute the exact GELU, and this model was trained with "
+                         "GPT-2's tanh approximation (mlp='gelu_tanh'), so it cannot be exported.")
     flags = ((config.bias and FLAGS["bias"]) | (config.positions == "rotary" and FLAGS["rotary"])
              | (config.norm == "rmsnorm" and FLAGS["rmsnorm"])
              | (config.mlp == "swiglu" and FLAGS["swiglu"])

@@ -2,9 +2,10 @@
 
 The defaults give GPT-2's architecture (learned positions, LayerNorm, GELU MLP, output layer
 tied to the token embedding). Three switches swap in the parts most newer models use instead:
-rotary positions (RoPE), RMSNorm and a SwiGLU MLP. Shapes in comments use
-B = batch, T = new tokens, S = tokens attended to (T, or more with a KV cache), C = n_embd,
-H = n_head, D = C // H (the head size), V = vocab_size.
+rotary positions (RoPE), RMSNorm and a SwiGLU MLP. ``GPT.from_pretrained("gpt2")`` loads
+OpenAI's published GPT-2 weights (through the optional ``transformers`` package). Shapes in
+comments use B = batch, T = new tokens, S = tokens attended to (T, or more with a KV cache),
+C = n_embd, H = n_head, D = C // H (the head size), V = vocab_size.
 
 What the later stages rely on:
 - ``forward_hidden`` returns the final hidden states, for a reward or value head on top;
@@ -17,6 +18,7 @@ What the later stages rely on:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,9 @@ IGNORE_INDEX = -100  # targets equal to this add nothing to the loss (padding, m
 ROPE_BASE = 10000.0  # RoPE's wavelengths range from 2*pi to about 2*pi * ROPE_BASE tokens
 
 _CHOICES = {"positions": ("learned", "rotary"), "norm": ("layernorm", "rmsnorm"),
-            "mlp": ("gelu", "swiglu")}
+            "mlp": ("gelu", "gelu_tanh", "swiglu")}
+# GPT-2's published models on the Hugging Face hub: 124M, 355M, 774M and 1.5B parameters
+GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 @dataclass
@@ -43,7 +47,9 @@ class GPTConfig:
     bias: bool = True  # biases in the linear layers and LayerNorms
     positions: str = "learned"  # "learned" (GPT-2) or "rotary" (RoPE)
     norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm"
-    mlp: str = "gelu"  # "gelu" (GPT-2) or "swiglu"
+    # "gelu" (exact), "gelu_tanh" (GPT-2's tanh approximation, which its weights were trained
+    # with) or "swiglu"
+    mlp: str = "gelu"
     tie_embeddings: bool = True  # the output layer reuses the token embedding matrix (GPT-2)
 
     def __post_init__(self):
@@ -144,6 +150,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.gelu_approximation = "tanh" if config.mlp == "gelu_tanh" else "none"
         if self.swiglu:
             # SwiGLU has three matrices where GELU has two, so a hidden size of 2/3 * 4C
             # (rounded up to a multiple of 8) keeps the parameter count about the same.
@@ -161,7 +168,7 @@ class MLP(nn.Module):
             gate, value = h.chunk(2, dim=-1)
             h = F.silu(gate) * value
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.gelu_approximation)
         return self.drop(self.proj(h))
 
 
@@ -269,6 +276,35 @@ class GPT(nn.Module):
             elif p.dim() == 2:
                 std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("proj.weight") else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    @classmethod
+    def from_pretrained(cls, name) -> GPT:
+        """GPT-2's published weights (``GPT2_MODELS``: "gpt2", the 124M model, to "gpt2-xl") as a
+        minillm GPT, in eval mode; its tokenizer is tiktoken's "gpt2" encoding, e.g.
+        ``minillm.tokenizer.Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))``.
+
+        Needs the optional ``transformers`` package (``pip install -e '.[hf]'``), which
+        downloads the weights once into its cache. ``name`` may also be a Hugging Face
+        ``GPT2LMHeadModel`` already in memory: the same conversion, with no download (the tests
+        load a small random one this way). The logits equal Hugging Face's to float rounding.
+
+        Example::
+
+            >>> model = GPT.from_pretrained("gpt2")
+            >>> model.num_params()
+            124439808
+        """
+        if isinstance(name, str):
+            if name not in GPT2_MODELS:
+                raise ValueError(f"The published GPT-2 models are {', '.join(GPT2_MODELS)}; "
+                                 f"there is no {name!r}.")
+            try:
+                from transformers import GPT2LMHeadModel
+            except ImportError:
+                raise ImportError("GPT.from_pretrained needs the transformers package: "
+                                  "pip install -e '.[hf]'.") from None
+            name = GPT2LMHeadModel.from_pretrained(name)
+        return _from_gpt2(name)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """The number of parameters (a tied matrix counts once).
@@ -442,3 +478,46 @@ class GPT(nn.Module):
         finally:
             self.train(was_training)
         return idx
+
+
+# ----------------------------------------------------------------------------- GPT-2's weights
+
+# Hugging Face's names for GPT-2's modules -> ours (the same network, other names)
+_GPT2_NAMES = {"wte": "tok_emb", "wpe": "pos_emb", "ln_f": "norm_f", "ln_1": "norm1",
+               "ln_2": "norm2", "c_attn": "qkv", "c_proj": "proj", "c_fc": "fc"}
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
+def _from_gpt2(hf_model) -> GPT:
+    """A GPT with the weights of a Hugging Face ``GPT2LMHeadModel``."""
+    c = hf_model.config
+    unsupported = {"activation_function": c.activation_function not in _GPT2_ACTIVATIONS,
+                   "n_inner": c.n_inner not in (None, 4 * c.n_embd),
+                   "layer_norm_epsilon": c.layer_norm_epsilon != 1e-5,  # nn.LayerNorm's
+                   "scale_attn_by_inverse_layer_idx": c.scale_attn_by_inverse_layer_idx,
+                   "scale_attn_weights": not c.scale_attn_weights}
+    differs = [name for name, differ in unsupported.items() if differ]
+    if differs:
+        raise ValueError(f"This GPT-2 variant's {', '.join(differs)} differs from GPT-2's, "
+                         f"which minillm's GPT implements.")
+    config = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
+                       n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True,
+                       mlp=_GPT2_ACTIVATIONS[c.activation_function], tie_embeddings=True)
+    state = {}
+    for key, value in hf_model.state_dict().items():
+        if re.fullmatch(r"transformer\.h\.\d+\.attn\.(masked_)?bias", key):
+            continue  # the causal mask, stored as a buffer by older versions of transformers
+        parts = [_GPT2_NAMES.get(part, part) for part in key.split(".")]
+        if parts[0] == "transformer":
+            parts = parts[1:]
+        if parts[0] == "h":
+            parts[0] = "blocks"
+        name = ".".join(parts)
+        # GPT-2's linear layers are Conv1D modules, whose weight is stored (in, out): the
+        # transpose of nn.Linear's (out, in).
+        if name.endswith(("qkv.weight", "proj.weight", "fc.weight")):
+            value = value.t()
+        state[name] = value
+    model = GPT(config)
+    model.load_state_dict(state)
+    return model.eval()

@@ -8,6 +8,9 @@ already knows how to write such lines; finetuning only has to teach it the forma
 Training is the engine of lesson 03 unchanged: ``SFTDataset`` has the ``random_batch`` method
 that ``minillm.train`` draws batches from, and its targets are ``IGNORE_INDEX`` wherever no loss
 is wanted (the user's turn, padding), so the model's cross-entropy is the masked loss.
+
+With ``lora=LoRAConfig(...)`` only low-rank adapters are trained (``minillm.lora``): the engine
+builds its optimizer from the trainable parameters, so it holds the adapters alone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from minillm.chat import render
 from minillm.checkpoint import SFT, model_and_tokenizer
+from minillm.lora import LoRAConfig, add_adapters, unload
 from minillm.model import GPT, IGNORE_INDEX
 from minillm.train import TrainConfig, train
 from minillm.world import SFTData, conversation, make_sft_data
@@ -64,8 +68,8 @@ class SFTDataset:
         return (self.inputs[rows, :width].to(device), self.targets[rows, :width].to(device))
 
 
-def sft(base, config: TrainConfig, data: SFTData | None = None,
-        tokenizer=None) -> tuple[GPT, list[dict]]:
+def sft(base, config: TrainConfig, data: SFTData | None = None, tokenizer=None,
+        lora: LoRAConfig | None = None) -> tuple[GPT, list[dict]]:
     """Finetune a copy of ``base`` on the SFT task; return (model, history).
 
     ``base`` is a GPT, a ``Checkpoint`` or a checkpoint's path; a checkpoint brings its tokenizer,
@@ -74,10 +78,22 @@ def sft(base, config: TrainConfig, data: SFTData | None = None,
     defaults to ``make_sft_data()``. With ``config.checkpoint_path`` the result is saved (and
     resumable) like any training run, marked as an assistant (stage "sft") so that
     ``python -m minillm chat`` answers with it.
+
+    ``lora`` trains LoRA adapters on the frozen copy instead of every weight; the model returned
+    has them merged in (a plain GPT). Its checkpoint holds the frozen weights and the adapters
+    apart, so that the run can resume, and ``load_checkpoint`` merges them: later stages read it
+    like any SFT checkpoint.
+
+    Example::
+
+        >>> adapters, run = minillm.recipes.lora_recipe()  # rank 4, alpha 8, lr 1e-2
+        >>> model, history = sft(base_checkpoint, run, lora=adapters)
     """
     base, tokenizer = model_and_tokenizer(base, tokenizer, "sft() needs the base model's tokenizer")
     data = data or make_sft_data()
     model = copy.deepcopy(base)
+    if lora is not None:
+        add_adapters(model, lora)
     history = train(model, SFTDataset(data.train, tokenizer), SFTDataset(data.held_out, tokenizer),
                     config, tokenizer=tokenizer, stage=SFT)
-    return model, history
+    return unload(model), history

@@ -39,6 +39,7 @@ from minillm.hardware import (
     wrap_for_training,
 )
 from minillm.history import open_log, record
+from minillm.lora import LoRAConfig
 from minillm.model import GPT
 from minillm.settings import pick_device
 from minillm.validate import is_int, is_number, require, require_bools
@@ -424,6 +425,11 @@ def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str)
     if state.get("model_config") != asdict(model.config):
         raise ValueError(f"{path} holds a model with another configuration; resume needs the "
                          "same GPTConfig (or delete the checkpoint to start afresh).")
+    saved_lora = state.get("lora") and LoRAConfig(**state["lora"])
+    if saved_lora != getattr(model, "lora", None):
+        raise ValueError(f"{path} was saved with other LoRA adapters (or none) than this model "
+                         f"has; resume needs the same ones (or delete the checkpoint to start "
+                         f"afresh).")
     missing = [k for k in ("optimizer", "batch_rng", "torch_rng", "history") if k not in state]
     if missing:
         raise ValueError(f"{path} cannot be resumed from: it has no {', '.join(missing)}.")
