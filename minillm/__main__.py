@@ -78,7 +78,7 @@ def pretrain_command(args: argparse.Namespace) -> None:
         train_data, val_data = artifacts.shakespeare_splits(tok)
     out = Path(args.out or artifacts.base_model_path(args.profile))
     run = engine_run(recipe, args, out, grad_accum_steps=args.grad_accum, dtype=args.dtype,
-                     compile=args.compile)
+                     compile=args.compile, fsdp=args.fsdp)
     torch.manual_seed(run.seed)
     model = GPT(model_config)
     print_last_evaluation(train(model, train_data, val_data, run, tokenizer=tok, stage=BASE),
@@ -334,6 +334,9 @@ def _add_pretrain(stages, shared) -> None:
                      help="micro-batches per update")
     pre.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
     pre.add_argument("--compile", action="store_true", help="torch.compile the model")
+    pre.add_argument("--fsdp", action="store_true",
+                     help="under torchrun, shard the parameters, gradients and optimizer state "
+                          "across the processes (FSDP) instead of copying them to each (DDP)")
     pre.set_defaults(run=pretrain_command)
 
 
