@@ -86,13 +86,16 @@ def init_distributed(device: str, group_of_one: bool = False) -> Distributed:
         return Distributed()
     import torch.distributed as dist
 
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if backend == "nccl":  # this process's GPU, which NCCL and FSDP's sharding use
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend=backend)
         # Left to the interpreter's teardown, the group's threads can be destroyed while still
         # running, and the process aborts ("terminate called without an active exception").
         atexit.register(dist.destroy_process_group)
-    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(dist.get_rank(), world_size, local_rank)
 
 
 def callers_rng_kept(device: str):
@@ -180,7 +183,7 @@ def memory_held(model, optimizer) -> dict[str, int]:
     counts; under DDP, or alone, every tensor is whole. A parameter shared by two layers (a tied
     embedding) counts once.
 
-    Example: a one-layer GPT with n_embd=32 and vocab_size=20 has 13,920 parameters (55,680
+    Example: a one-layer GPT (n_embd=32, vocab_size=20, block_size=16) has 13,920 parameters (55,680
     bytes in float32); after one AdamW step it holds as many bytes of gradients and twice as
     many of optimizer state (two averages per parameter), plus a small step counter per tensor.
     """
