@@ -370,7 +370,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
 # FSDP on two processes: one sharded run (bias-free, as the course's models are: a key bias has
 # no gradient in exact arithmetic, so its "gradient" is rounding noise that Adam turns into
 # full-size steps, and two summation orders then part by ~1e-5), shared by the tests below.
-FSDP_ARGS = ["--steps", "60", "--batch-size", "4", "--dropout", "0", "--no-bias"]
+# Each process accumulates 2 micro-batches of 2 windows, so the sharded runs check that FSDP
+# averages the gradients across processes only after the last one (``gradient_sync``).
+FSDP_ARGS = ["--steps", "60", "--batch-size", "2", "--dropout", "0", "--no-bias"]
+SHARDED = [*FSDP_ARGS, "--accum", "2", "--fsdp"]
 
 
 def torchrun(nproc=2):
@@ -389,8 +392,8 @@ def fsdp_run(tmp_path_factory):
     import subprocess
 
     out = tmp_path_factory.mktemp("fsdp")
-    result = subprocess.run([*torchrun(), TINY_RUN, out, *FSDP_ARGS, "--fsdp"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*torchrun(), TINY_RUN, out, *SHARDED], capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -400,7 +403,7 @@ def test_fsdp_on_two_processes_equals_one_with_the_same_global_batch(fsdp_run, t
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, TINY_RUN, tmp_path, *FSDP_ARGS, "--accum", "2"], check=True,
+    subprocess.run([sys.executable, TINY_RUN, tmp_path, *FSDP_ARGS, "--accum", "4"], check=True,
                    timeout=300)
     sharded, one = read_log(fsdp_run), read_log(tmp_path)
     assert [r["step"] for r in sharded] == [r["step"] for r in one] == list(range(61))
@@ -441,7 +444,7 @@ def test_killed_fsdp_run_resumes_to_the_same_losses(fsdp_run, tmp_path):
     import time
 
     # its own session, so that one signal reaches torchrun and both of its workers
-    process = subprocess.Popen([*torchrun(), TINY_RUN, tmp_path, *FSDP_ARGS, "--fsdp"],
+    process = subprocess.Popen([*torchrun(), TINY_RUN, tmp_path, *SHARDED],
                                start_new_session=True, stderr=subprocess.DEVNULL)
     log = tmp_path / "log.jsonl"
     deadline = time.time() + 120
@@ -453,7 +456,7 @@ def test_killed_fsdp_run_resumes_to_the_same_losses(fsdp_run, tmp_path):
     assert process.wait() != 0, "the run finished before it could be killed"
     stopped_at = torch.load(tmp_path / "model.pt", weights_only=True)["step"]
     assert 0 < stopped_at < 60
-    result = subprocess.run([*torchrun(), TINY_RUN, tmp_path, *FSDP_ARGS, "--fsdp", "--resume"],
+    result = subprocess.run([*torchrun(), TINY_RUN, tmp_path, *SHARDED, "--resume"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert without_timing(read_log(tmp_path)) == without_timing(read_log(fsdp_run))
