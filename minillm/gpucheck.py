@@ -43,7 +43,13 @@ from minillm.recipes import base_recipe, reward_recipe, scaling_recipe
 from minillm.reward import PreferenceData, compare_answers
 from minillm.scaling import scaling_model, sweep_widths
 from minillm.settings import pick_device
-from minillm.train import TrainConfig, make_optimizer, random_batch, train_step
+from minillm.train import (
+    TrainConfig,
+    make_optimizer,
+    optimizer_groups,
+    random_batch,
+    train_step,
+)
 from minillm.world import preference_prompts
 
 FULL = "full"
@@ -114,11 +120,12 @@ def check_bf16_autocast() -> dict:
 def check_fused_adamw() -> dict:
     """``make_optimizer`` picks the fused kernel on CUDA, and its step equals the loop's."""
     device = _cuda()
-    models = [_base_model(device) for _ in range(2)]
-    fused = make_optimizer(models[0], TrainConfig(), device)
+    models = [_base_model(device).eval() for _ in range(2)]  # eval: the same (no) dropout
+    config = TrainConfig()
+    fused = make_optimizer(models[0], config, device)
     _require(fused.defaults["fused"], "make_optimizer did not pick the fused AdamW on CUDA")
-    plain = torch.optim.AdamW(models[1].parameters(), lr=fused.defaults["lr"],
-                              betas=fused.defaults["betas"], foreach=False)
+    plain = torch.optim.AdamW(optimizer_groups(models[1], config.weight_decay), lr=config.lr,
+                              betas=(config.beta1, config.beta2), foreach=False)
     x, y = _batch(models[0], 8, device)
     for model, optimizer in zip(models, (fused, plain), strict=True):
         model(x, y)[1].backward()
