@@ -78,7 +78,7 @@ def pretrain_command(args: argparse.Namespace) -> None:
         train_data, val_data = artifacts.shakespeare_splits(tok)
     out = Path(args.out or artifacts.base_model_path(args.profile))
     run = engine_run(recipe, args, out, grad_accum_steps=args.grad_accum, dtype=args.dtype,
-                     compile=args.compile)
+                     compile=args.compile, fsdp=args.fsdp)
     torch.manual_seed(run.seed)
     model = GPT(model_config)
     print_last_evaluation(train(model, train_data, val_data, run, tokenizer=tok, stage=BASE),
@@ -210,6 +210,19 @@ def scaling_command(args: argparse.Namespace) -> None:
         print(f"every run and fit in {args.json}")
 
 
+def gpucheck_command(args: argparse.Namespace) -> None:
+    from minillm.gpucheck import gpu_check
+
+    report = gpu_check(args.json, args.lessons, smoke=not args.no_smoke,
+                       lesson_timeout=args.lesson_timeout)
+    rows = report["gpu_checks"] + report["smoke_full_profile"] + report["lessons"]
+    failed = [row.get("name") or row.get("lesson") for row in rows
+              if row["status"] not in ("passed", "skipped")]
+    print(f"{len(rows)} checks in {report['seconds']:.0f} s; the report is in {args.json}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
 def chat_command(args: argparse.Namespace) -> None:
     from minillm.checkpoint import load_checkpoint
 
@@ -304,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True)
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
-                _add_pipeline, _add_chat, _add_export, _add_scaling):
+                _add_pipeline, _add_chat, _add_export, _add_scaling, _add_gpucheck):
         add(stages, shared)
     return parser
 
@@ -343,6 +356,9 @@ def _add_pretrain(stages, shared) -> None:
                      help="micro-batches per update")
     pre.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None)
     pre.add_argument("--compile", action="store_true", help="torch.compile the model")
+    pre.add_argument("--fsdp", action="store_true",
+                     help="under torchrun, shard the parameters, gradients and optimizer state "
+                          "across the processes (FSDP) instead of copying them to each (DDP)")
     pre.set_defaults(run=pretrain_command)
 
 
@@ -453,6 +469,22 @@ def _add_scaling(stages, shared) -> None:
                      help="write every run (budget, width, N, tokens, held-out loss) and the "
                           "fits to this JSON file")
     law.set_defaults(run=scaling_command)
+
+
+def _add_gpucheck(stages, shared) -> None:
+    check = stages.add_parser(
+        "gpucheck",
+        help="the GPU run: bf16 autocast, fused AdamW, torch.compile, flash attention, NCCL DDP "
+             "and FSDP checked on the GPU, the full profile smoke-tested, and every lesson "
+             "executed under nbval in the full profile, into a JSON report")
+    check.add_argument("--json", metavar="FILE", required=True, help="where the report goes")
+    check.add_argument("--lessons", nargs="*", default=None, metavar="NN",
+                       help="only these lessons (numbers such as 02 03; none: no lesson)")
+    check.add_argument("--no-smoke", action="store_true",
+                       help="skip the full profile's smoke test")
+    check.add_argument("--lesson-timeout", type=float, default=600, metavar="S",
+                       help="seconds each lesson may take (default 600)")
+    check.set_defaults(run=gpucheck_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,11 +68,14 @@ class Checkpoint:
         return self.stage in ASSISTANTS
 
 
-def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
+def save_checkpoint(path, model: GPT, tokenizer=None, *, weights: dict | None = None,
+                    **state) -> None:
     """Write ``model`` (its config and weights), its ``tokenizer`` and ``state`` to ``path``.
 
     ``state`` may hold tensors, numbers, strings, and lists or dicts of them (optimizer state
     dicts, the step, a history of metrics): anything that loads without running code.
+    ``weights`` replaces ``model.state_dict()`` where that is not the whole model: the weights
+    of a model sharded across processes (FSDP), gathered into one state dict.
     """
     clashes = [key for key in RESERVED_KEYS if key in state]
     if clashes:
@@ -85,7 +88,7 @@ def save_checkpoint(path, model: GPT, tokenizer=None, **state) -> None:
     payload = {
         "format": FORMAT,
         "model_config": asdict(model.config),
-        "model": model.state_dict(),
+        "model": model.state_dict() if weights is None else weights,
         "tokenizer": None if tokenizer is None else tokenizer.to_json(),
         **state,
     }

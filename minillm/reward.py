@@ -99,16 +99,22 @@ def make_preference_data(model: GPT, tokenizer, config: PreferenceConfig | None 
     """
     config = config or PreferenceConfig()
     rng = random.Random(config.seed)
-    splits = []
-    for k, prompts in enumerate(preference_prompts()):
-        rows = answer_prompts(model, tokenizer, prompts, config.samples_per_prompt,
-                              config.temperature, seed=config.seed + k, batch_size=256,
-                              progress=progress)
-        responses = [{"topic": r["topic"], "prompt": r["prompt"], "answer": r["answer"],
-                      "ended": r["ended"], "gold": gold_reward(r["topic"], r["answer"],
-                                                               r["ended"])} for r in rows]
-        splits.append(compare_all_pairs(responses, config.agreement, rng))
-    return PreferenceData(*splits)
+    return PreferenceData(*(compare_answers(model, tokenizer, prompts, config, config.seed + k,
+                                            rng, progress)
+                            for k, prompts in enumerate(preference_prompts())))
+
+
+def compare_answers(model: GPT, tokenizer, prompts: list[dict], config: PreferenceConfig,
+                    seed: int, rng: random.Random, progress: bool = True) -> Comparisons:
+    """``config.samples_per_prompt`` answers of ``model`` to each of ``prompts`` (sampled from
+    ``seed``), each scored by the gold reward, and every pair of answers to the same prompt
+    compared by the labeler (drawing from ``rng``): one split of ``make_preference_data``."""
+    rows = answer_prompts(model, tokenizer, prompts, config.samples_per_prompt,
+                          config.temperature, seed=seed, batch_size=256, progress=progress)
+    responses = [{"topic": r["topic"], "prompt": r["prompt"], "answer": r["answer"],
+                  "ended": r["ended"], "gold": gold_reward(r["topic"], r["answer"], r["ended"])}
+                 for r in rows]
+    return compare_all_pairs(responses, config.agreement, rng)
 
 
 # ----------------------------------------------------------------------------- batches

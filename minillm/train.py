@@ -14,7 +14,6 @@ chosen"). PPO and DPO (``minillm.ppo``, ``minillm.dpo``) take their updates with
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -33,9 +32,14 @@ from minillm.hardware import (
     Distributed,
     autocast_dtype,
     callers_rng_kept,
+    gather_across,
+    gradient_sync,
     init_distributed,
+    launched_by_torchrun,
     mean_across,
+    memory_held,
     peak_flops,
+    reshard,
     wrap_for_training,
 )
 from minillm.history import open_log, record
@@ -76,6 +80,10 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches of batch_size summed into one update
     dtype: str = "auto"  # autocast dtype: "auto" (bfloat16 where the GPU has it), "float32", ...
     compile: bool = False  # torch.compile the model (a GPU speedup; ~20 s to compile on a CPU)
+    # Under torchrun: shard the parameters, gradients and optimizer state across the processes
+    # (FSDP, each holds 1/N) instead of giving every process a whole copy (DDP). The same
+    # updates either way; FSDP trades extra communication for memory.
+    fsdp: bool = False
     progress: bool = True  # a tqdm progress bar
 
     def __post_init__(self):
@@ -100,7 +108,7 @@ class TrainConfig:
                 is_int(self.checkpoint_interval) and self.checkpoint_interval >= 0,
                 "an integer >= 0")
         require(self, "dtype", self.dtype in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}")
-        require_bools(self, "progress", "resume", "compile")
+        require_bools(self, "progress", "resume", "compile", "fsdp")
 
 
 # ----------------------------------------------------------------------------- the schedule
@@ -235,17 +243,15 @@ def train_step(model, optimizer: torch.optim.Optimizer, micro_batches, lr: float
 
     Each micro-batch's loss is divided by their number, so the summed gradients are those of the
     mean loss over all of them: k micro-batches of b windows give the update of one batch of k*b.
-    Under DistributedDataParallel the gradients are averaged across processes only after the
-    last micro-batch (``no_sync`` skips the all-reduce for the others).
+    Under DistributedDataParallel or FSDP the gradients are averaged across processes only
+    after the last micro-batch (``gradient_sync``).
     """
     device_type = micro_batches[0][0].device.type
 
     def backward():
         total = 0.0
         for k, (x, y) in enumerate(micro_batches):
-            last = k == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
-                else model.no_sync()
+            sync = gradient_sync(model, sync=k == len(micro_batches) - 1)
             with sync, torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
                 _, loss = model(x, y)
             (loss / len(micro_batches)).backward()
@@ -290,15 +296,27 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
     continue, and ``stage`` (``minillm.checkpoint.STAGES``) if given: with ``resume=True`` a run
     picks up at the checkpoint's step, with the same optimizer state, data order and random
     state, and ends exactly as if it had never stopped. Launched by ``torchrun``, the processes
-    split each batch (data parallelism); rank 0 alone evaluates, logs and checkpoints. The
-    caller's global random state is left as it was.
+    split each batch (data parallelism); rank 0 alone logs and writes the checkpoint file, which
+    then also holds ``memory_per_rank``: the bytes of parameters, gradients and optimizer state
+    each process held (``minillm.hardware.memory_held``). The caller's global random state is
+    left as it was.
+
+    With ``fsdp=True`` (under torchrun, even of one process) the model is sharded in place
+    (``minillm.hardware.shard``) and stays sharded afterwards. Its checkpoint is then two
+    things: each process writes its slices of the weights and optimizer state with
+    ``torch.distributed.checkpoint`` into ``<checkpoint_path>.shards/step_N`` (what a resumed
+    run reads, in parallel), and rank 0 writes the usual checkpoint file with the whole weights
+    gathered, so that every later stage (and ``load_checkpoint``) reads it in one process.
 
     Ctrl-C (KeyboardInterrupt) stops cleanly: the history so far is returned, and the checkpoint
     is written as at the end.
     """
     config = config or TrainConfig()
+    if config.fsdp and not launched_by_torchrun():
+        raise ValueError("fsdp=True shards the model across the processes of a torchrun launch; "
+                         "run it under torchrun (one process is enough), or without fsdp.")
     device = pick_device(config.device)
-    dist = init_distributed(device)
+    dist = init_distributed(device, group_of_one=config.fsdp)
     if dist.world_size > 1 and torch.device(device).type == "cuda":
         device = f"cuda:{dist.local_rank}"
     block_size = config.block_size or model.config.block_size
@@ -312,11 +330,16 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
         # device and does not depend on what else draws random numbers (dropout, evaluation).
         batches = torch.Generator().manual_seed(config.seed)
         model.to(device).train()
+        dtype = autocast_dtype(device, config.dtype)
+        # FSDP replaces the parameters by sharded ones: the optimizer is made after the wrapping
+        stepper = wrap_for_training(model, config.compile, dist, device, config.fsdp, dtype)
         optimizer = make_optimizer(model, config, device)
         history: list[dict] = []
         if config.resume and config.checkpoint_path and Path(config.checkpoint_path).is_file():
-            history = _restore(config.checkpoint_path, model, optimizer, batches, device)
-        run = _Run(model, optimizer, batches, config, dist, device, block_size, tokenizer, stage)
+            history = _restore(config.checkpoint_path, model, optimizer, batches, device,
+                               config.fsdp)
+        run = _Run(model, stepper, optimizer, batches, config, dist, device, dtype, block_size,
+                   tokenizer, stage)
         try:
             run.loop(train_data, val_data, history)
             if dist.world_size > 1:  # every rank leaves once rank 0's checkpoint is written
@@ -330,23 +353,41 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor,
 class _Run:
     """What ``train``'s loop works with, so that its pieces stay short."""
 
-    model: GPT
+    model: GPT  # sharded in place under FSDP
+    stepper: torch.nn.Module  # what the steps call: the model, compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     batches: torch.Generator
     config: TrainConfig
     dist: Distributed
     device: str
+    dtype: torch.dtype  # of autocast
     block_size: int
     tokenizer: object
     stage: str | None
 
     def checkpoint(self, history: list[dict], rng: dict) -> None:
-        if self.config.checkpoint_path is not None and self.dist.is_main:
-            stage = {} if self.stage is None else {"stage": self.stage}
-            save_checkpoint(self.config.checkpoint_path, self.model, self.tokenizer,
-                            step=_steps_done(history), history=history,
-                            train_config=_plain(asdict(self.config)),
-                            optimizer=self.optimizer.state_dict(), **stage, **rng)
+        """Write the checkpoint (every process calls this: under FSDP, and to gather
+        ``memory_per_rank``, they all take part)."""
+        path, dist = self.config.checkpoint_path, self.dist
+        if path is None:
+            return
+        state = {"step": _steps_done(history), "history": history,
+                 "train_config": _plain(asdict(self.config)), **rng}
+        if self.stage is not None:
+            state["stage"] = self.stage
+        if dist.world_size > 1 or self.config.fsdp:
+            state["memory_per_rank"] = gather_across(memory_held(self.model, self.optimizer),
+                                                     dist)
+        weights = None
+        if self.config.fsdp:
+            state["shards"], weights = _save_shards(path, state["step"], self.model,
+                                                    self.optimizer)
+        else:
+            state["optimizer"] = self.optimizer.state_dict()
+        if dist.is_main:
+            save_checkpoint(path, self.model, self.tokenizer, weights=weights, **state)
+            if self.config.fsdp:  # the file now names the new shards: the older ones can go
+                _remove_shards(path, keep=state["shards"])
 
     def rng(self) -> dict:
         """The random state after the last completed step: what a resumed run must start from,
@@ -356,12 +397,11 @@ class _Run:
     def loop(self, train_data, val_data, history: list[dict]) -> None:
         config, dist = self.config, self.dist
         restored_rows, rng = len(history), self.rng()
-        stepper = wrap_for_training(self.model, config.compile, dist, self.device)
-        dtype = autocast_dtype(self.device, config.dtype)
         first_step = _steps_done(history) + 1
         start = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
-        evaluate = dist.is_main and (lambda: _evaluate(self.model, train_data, val_data, config,
-                                                       self.block_size))
+        # Under FSDP every forward pass gathers parameters from all processes, so all evaluate
+        evaluate = (dist.is_main or config.fsdp) and (
+            lambda: self.evaluate(train_data, val_data))
         with open_log(config.log_path if dist.is_main else None, history) as log, \
                 tqdm(total=config.max_steps, initial=first_step - 1, desc="training",
                      mininterval=1.0, disable=not (config.progress and dist.is_main)) as bar:
@@ -372,7 +412,7 @@ class _Run:
                            start, history, log)
                 val = next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None)
                 for step in range(first_step, config.max_steps + 1):
-                    row = self.step(step, train_data, stepper, dtype)
+                    row = self.step(step, train_data)
                     if evaluate and (step % config.eval_interval == 0
                                      or step == config.max_steps):
                         row.update(evaluate())
@@ -393,6 +433,12 @@ class _Run:
         if len(history) > restored_rows:  # a resumed run with nothing left to do stays as is
             self.checkpoint(history, rng)
 
+    def evaluate(self, train_data, val_data) -> dict:
+        losses = _evaluate(self.model, train_data, val_data, self.config, self.block_size)
+        if self.config.fsdp:
+            reshard(self.model)  # the evaluation left the root's parameters gathered
+        return losses
+
     @cached_property
     def throughput(self) -> tuple[int, float, float | None]:
         """Tokens per step, model FLOPs per token at this block size, the device's peak FLOP/s."""
@@ -401,7 +447,7 @@ class _Run:
         flops = self.model.flops_per_token() * self.block_size / self.model.config.block_size
         return tokens, flops, peak_flops(self.device)
 
-    def step(self, step: int, train_data, stepper, dtype) -> dict:
+    def step(self, step: int, train_data) -> dict:
         """One optimizer update and its row of the history (before any evaluation)."""
         config, dist = self.config, self.dist
         tokens, flops_per_token, peak = self.throughput
@@ -409,7 +455,8 @@ class _Run:
         micro = global_batch(train_data, config, self.block_size, self.batches, dist,
                              self.device)
         lr = lr_at(step, config)
-        loss, grad_norm = train_step(stepper, self.optimizer, micro, lr, config.grad_clip, dtype)
+        loss, grad_norm = train_step(self.stepper, self.optimizer, micro, lr, config.grad_clip,
+                                     self.dtype)
         seconds = time.perf_counter() - began
         row = {"step": step, "lr": lr,
                "train_loss": mean_across(loss, dist, self.device), "grad_norm": grad_norm,
@@ -419,7 +466,8 @@ class _Run:
         return row
 
 
-def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str) -> list[dict]:
+def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str,
+             fsdp: bool = False) -> list[dict]:
     """Load a training checkpoint into the model, optimizer and generators; its history."""
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("model_config") != asdict(model.config):
@@ -430,14 +478,76 @@ def _restore(path, model: GPT, optimizer, batches: torch.Generator, device: str)
         raise ValueError(f"{path} was saved with other LoRA adapters (or none) than this model "
                          f"has; resume needs the same ones (or delete the checkpoint to start "
                          f"afresh).")
-    missing = [k for k in ("optimizer", "batch_rng", "torch_rng", "history") if k not in state]
+    if fsdp != ("shards" in state):
+        raise ValueError(f"{path} was written by a run {'without' if fsdp else 'with'} FSDP; "
+                         f"resume it {'without' if fsdp else 'with'} fsdp as well.")
+    needed = ("shards",) if fsdp else ("optimizer",)
+    missing = [k for k in (*needed, "batch_rng", "torch_rng", "history") if k not in state]
     if missing:
         raise ValueError(f"{path} cannot be resumed from: it has no {', '.join(missing)}.")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if fsdp:
+        _load_shards(path, state["shards"], model, optimizer)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     batches.set_state(state["batch_rng"])
     torch.set_rng_state(state["torch_rng"])
     return state["history"]
+
+
+# ----------------------------------------------------------------------------- FSDP's checkpoints
+
+def _shards_dir(path) -> Path:
+    return Path(f"{os.fspath(path)}.shards")
+
+
+def _save_shards(path, step: int, model, optimizer) -> tuple[str, dict]:
+    """Every process writes its slices of the weights and optimizer state into
+    ``<path>.shards/step_N`` (``torch.distributed.checkpoint``: each process its own file, and
+    the metadata to reassemble them, for any number of processes). Returns that folder's name
+    and the whole weights, gathered on rank 0 (empty elsewhere) for the checkpoint file.
+
+    A new folder per checkpoint, named in the file only once it is complete, so a run killed
+    while saving still resumes from the previous one.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+    )
+
+    name = f"step_{step:06d}"
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state},
+             storage_writer=dcp.FileSystemWriter(_shards_dir(path) / name, overwrite=True))
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    return name, whole
+
+
+def _load_shards(path, name: str, model, optimizer) -> None:
+    """Read ``_save_shards``'s folder ``name`` into the sharded model and optimizer."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    folder = _shards_dir(path) / name
+    if not folder.is_dir():
+        raise ValueError(f"{path} names its shards {folder}, which is missing; resume needs "
+                         "them (or delete the checkpoint to start afresh).")
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=folder)  # in place, into this process's slices
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
+
+
+def _remove_shards(path, keep: str) -> None:
+    import shutil
+
+    for folder in _shards_dir(path).glob("step_*"):
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _evaluate(model, train_data, val_data, config, block_size) -> dict:

@@ -27,3 +27,23 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S):
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "shakespeare.json").is_file() and (tmp_path / "model.pt").is_file()
+
+
+# What a learner reading a lesson on GitHub must never see in its saved outputs: this machine's
+# paths, a traceback, or Python's own warnings (the lessons' own RLHFWarning is part of the story).
+UNFIT_FOR_LEARNERS = re.compile(r"/tmp/|/work/|/root/|/home/|site-packages|Traceback"
+                                r"|(?:User|Deprecation|Future|Runtime)Warning")
+
+
+def test_saved_outputs_show_no_machine_paths_tracebacks_or_warnings():
+    import json
+
+    found = []
+    for lesson in sorted((ROOT / "lessons").glob("*.ipynb")):
+        for number, cell in enumerate(json.loads(lesson.read_text())["cells"]):
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("text", "")) + "".join(output.get("traceback", [])) \
+                    + "".join(output.get("data", {}).get("text/plain", ""))
+                found += [f"{lesson.name} cell {number}: …{text[max(0, m.start() - 60):m.end()]}"
+                          for m in UNFIT_FOR_LEARNERS.finditer(text)]
+    assert not found, "saved outputs a learner should not see:\n" + "\n".join(found)

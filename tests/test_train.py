@@ -367,6 +367,108 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
                         atol=1e-4)
 
 
+# FSDP on two processes: one sharded run (bias-free, as the course's models are: a key bias has
+# no gradient in exact arithmetic, so its "gradient" is rounding noise that Adam turns into
+# full-size steps, and two summation orders then part by ~1e-5), shared by the tests below.
+# Each process accumulates 2 micro-batches of 2 windows, so the sharded runs check that FSDP
+# averages the gradients across processes only after the last one (``gradient_sync``).
+FSDP_ARGS = ["--steps", "60", "--batch-size", "2", "--dropout", "0", "--no-bias"]
+SHARDED = [*FSDP_ARGS, "--accum", "2", "--fsdp"]
+
+
+def torchrun(nproc=2):
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", str(nproc)]
+
+
+def read_log(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    import subprocess
+
+    out = tmp_path_factory.mktemp("fsdp")
+    result = subprocess.run([*torchrun(), TINY_RUN, out, *SHARDED], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_equals_one_with_the_same_global_batch(fsdp_run, tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, TINY_RUN, tmp_path, *FSDP_ARGS, "--accum", "4"], check=True,
+                   timeout=300)
+    sharded, one = read_log(fsdp_run), read_log(tmp_path)
+    assert [r["step"] for r in sharded] == [r["step"] for r in one] == list(range(61))
+    for a, b in zip(sharded, one, strict=True):
+        for key in ("train_loss", "grad_norm", "val_loss", "eval_train_loss"):
+            assert a.get(key, 0) == pytest.approx(b.get(key, 0), abs=1e-5), (a["step"], key)
+    # the checkpoint file holds the whole weights, so the later stages load it in one process
+    whole = load_checkpoint(fsdp_run / "model.pt").model.state_dict()
+    assert_same_weights(whole, torch.load(tmp_path / "model.pt", weights_only=True)["model"],
+                        atol=1e-5)
+    # and the sharded checkpoint it resumes from is the last one only
+    assert [p.name for p in (fsdp_run / "model.pt.shards").iterdir()] == ["step_000060"]
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_each_hold_half_of_the_parameters_gradients_and_optimizer(fsdp_run):
+    per_rank = torch.load(fsdp_run / "model.pt", weights_only=True)["memory_per_rank"]
+    # the whole, measured the same way on one process after one step
+    model = tiny_model(bias=False)
+    optimizer = make_optimizer(model, quick(), "cpu")
+    x = torch.randint(V, (2, BLOCK))
+    model(x, x)[1].backward()
+    optimizer.step()
+    whole = hardware.memory_held(model, optimizer)
+    assert len(per_rank) == 2
+    for rank in per_rank:
+        for part in ("parameters", "gradients", "optimizer"):
+            assert rank[part] / whole[part] == pytest.approx(0.5, abs=0.02), (part, rank, whole)
+    # the slices add up to the whole: nothing is held twice
+    assert sum(r["parameters"] for r in per_rank) == whole["parameters"]
+
+
+@pytest.mark.slow
+def test_killed_fsdp_run_resumes_to_the_same_losses(fsdp_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    # its own session, so that one signal reaches torchrun and both of its workers
+    process = subprocess.Popen([*torchrun(), TINY_RUN, tmp_path, *SHARDED],
+                               start_new_session=True, stderr=subprocess.DEVNULL)
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) > 25:  # past step 20's checkpoint
+            os.killpg(process.pid, signal.SIGKILL)  # no cleanup, no final checkpoint
+            break
+        time.sleep(0.01)
+    assert process.wait() != 0, "the run finished before it could be killed"
+    stopped_at = torch.load(tmp_path / "model.pt", weights_only=True)["step"]
+    assert 0 < stopped_at < 60
+    result = subprocess.run([*torchrun(), TINY_RUN, tmp_path, *SHARDED, "--resume"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert without_timing(read_log(tmp_path)) == without_timing(read_log(fsdp_run))
+    assert_same_weights(torch.load(tmp_path / "model.pt", weights_only=True)["model"],
+                        torch.load(fsdp_run / "model.pt", weights_only=True)["model"], atol=0)
+
+
+def test_fsdp_needs_torchrun():
+    with pytest.raises(ValueError, match="torchrun"):
+        train(tiny_model(), *toy_data(), quick(fsdp=True))
+
+
 @pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one():
     eager = train(tiny_model(), *toy_data(), quick(max_steps=6))
