@@ -122,3 +122,35 @@ def scaling_recipe(profile_name: str | None = None) -> ScalingConfig:
         batch_size=64,  # 8,192 tokens per step keep a GPU busier; not run or tuned yet
         lr=3e-3, min_lr=3e-4, warmup_steps=100,  # wider models want a lower rate
         threads=None)  # the GPU does the work; torch's own CPU setting
+
+
+def tools_recipe(profile_name: str | None = None) -> dict:
+    """Lesson 10's task, its three finetuning runs (one per format, from the lesson 04
+    assistant), the self-consistency vote and GRPO on the checker's reward."""
+    quick = _quick(profile_name)
+    task = {
+        "digits": (1, 2, 3),  # 3-digit sums: where one token's pass runs out of room (quick)
+        "train_size": 20000,  # drawn with replacement: each sum is seen about once
+        "per_digits": 200 if quick else 500}  # held-out sums of each size (one-digit: 33)
+    finetune = TrainConfig(
+        max_steps=400,  # ~1.5 CPU-minutes per format; 200 left the tool's copying at 76%
+        batch_size=32,
+        lr=3e-3, min_lr=3e-4,  # the new digit embeddings start far from where they end
+        warmup_steps=30,
+        eval_interval=100, eval_batches=5)
+    vote = {
+        "start": "worked",  # a vote needs answers that can differ: sampled steps
+        "questions": 60 if quick else 200,  # held-out sums per size: 16 samples each
+        "samples": 16, "ks": (1, 4, 16),
+        "temperature": 1.0}  # paths must differ to disagree; a lower one votes on copies
+    grpo = PPOConfig(
+        advantages="group", value_coef=0.0,  # GRPO: no value head, no reward model
+        steps=40,  # ~1.5 CPU-minutes
+        prompts_per_step=8, samples_per_prompt=8,  # a group of 8 has a spread unless all agree
+        max_new_tokens=64,  # the longest worked answer has ~60 characters
+        kl_coef=0.05,  # a right answer is worth 1: a few nats of drift are cheap next to it
+        lr=5e-5)
+    if not quick:
+        finetune = replace(finetune, max_steps=2000, batch_size=64, lr=1e-3, min_lr=1e-4)
+        grpo = replace(grpo, steps=200, prompts_per_step=16)
+    return {"task": task, "sft": finetune, "vote": vote, "grpo": grpo}
