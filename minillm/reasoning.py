@@ -64,7 +64,7 @@ def accuracy_by_digits(rows: list[dict]) -> dict[int, dict]:
 
 def majority_vote(answers: list) -> object:
     """The answer given most often, ``None`` (no answer) left out unless nothing else was
-    given; a tie goes to the answer that reached that count first.
+    given; a tie goes to the answer that occurs first.
 
     >>> majority_vote([85, 75, 85, None, None, None])
     85
