@@ -18,7 +18,8 @@ away from a frozen copy of the SFT model (the *reference*): per token,
 
 Rewards are in units of the RM's standard deviation on the SFT model's own answers
 (``minillm.policy.RewardScale``), so ``kl_coef`` means the same whatever the RM's scale: at 0.3
-a nat of KL costs 0.3 standard deviations of reward.
+a nat of KL costs 0.3 standard deviations of reward. In place of the RM, ``ppo`` also takes a
+reward *function*, such as lesson 10's checker of sums (a verifiable reward), used as it is.
 
 What this deliberately leaves out: no separate critic network (the value head shares the
 policy's backbone), no reward whitening across steps, no adaptive KL coefficient, no entropy
@@ -336,7 +337,11 @@ def ppo(policy, reward_model: RewardModel | Callable, config: PPOConfig | None =
                 lr = warmup_lr(step, config.lr, config.warmup_steps)
                 update = ppo_update(actor, optimizer, exp, config, order, lr)
                 stats = exp.stats
-                monitor.check_rollout(step, stats["score_spread"], stats["kl"], stats["distinct"])
+                # A checked reward can be the same for a whole batch (all right), and answers to
+                # one sum ought to agree: of the checks, only the KL's applies to it.
+                judged = isinstance(reward_model, RewardModel)
+                monitor.check_rollout(step, stats["score_spread"] if judged else 1.0, stats["kl"],
+                                      stats["distinct"] if judged else 1.0)
                 record({"step": step, **stats, **update, "lr": lr}, start, history, log)
                 bar.set_postfix(proxy=f"{stats['proxy']:+.2f}", kl=f"{stats['kl']:.2f}",
                                 **({"gold": f"{stats['gold']:.2f}"} if "gold" in stats else {}),

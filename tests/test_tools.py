@@ -260,8 +260,7 @@ def test_grpo_takes_a_reward_function_and_logs_no_gold(tok):
 
     config = PPOConfig(advantages="group", value_coef=0.0, steps=2, prompts_per_step=2,
                        samples_per_prompt=2, max_new_tokens=8, progress=False)
-    with pytest.warns(UserWarning):  # an untrained model gets every sum wrong: a flat reward
-        _, history, scale = ppo(model, reward, config, tokenizer=tok, prompts=questions)
+    _, history, scale = ppo(model, reward, config, tokenizer=tok, prompts=questions)
     assert calls == [4, 4] and (scale.mean, scale.std) == (0.0, 1.0)
     assert "gold" not in history[0] and history[0]["proxy"] == 0.0
 
