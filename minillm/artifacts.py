@@ -256,9 +256,9 @@ def sums_grpo_path(profile_name: str | None = None) -> Path:
 
 def make_sums_grpo(profile_name: str | None = None, **overrides):
     """Tune lesson 10's worked-format assistant with GRPO, the checker (``verifiable_reward``)
-    as the reward, on the training sums, and save it. Returns (policy, history);
-    ``overrides`` replace PPOConfig fields. With ``MINILLM_REUSE=1`` a saved policy is loaded
-    instead, with its history."""
+    as the reward, on the training sums of the recipe's sizes (``rl_digits``), and save it.
+    Returns (policy, history); ``overrides`` replace PPOConfig fields. With ``MINILLM_REUSE=1``
+    a saved policy is loaded instead, with its history."""
     path = sums_grpo_path(profile_name)
     if reusing(path, overrides):
         saved = load_checkpoint(path, device=pick_device())
@@ -266,7 +266,8 @@ def make_sums_grpo(profile_name: str | None = None, **overrides):
     recipe = tools_recipe(profile_name)
     start = recipe["vote"]["start"]
     assistant = tools_model(start, profile_name)
-    questions = arithmetic_data(start, profile_name).train_questions
+    questions = [q for q in arithmetic_data(start, profile_name).train_questions
+                 if q["digits"] in recipe["rl_digits"]]
     policy, history, _ = ppo(assistant, verifiable_reward, replace(recipe["grpo"], **overrides),
                              prompts=questions)
     save_checkpoint(path, policy, assistant.tokenizer, stage=GRPO, history=history)

@@ -271,6 +271,7 @@ def test_tools_command_writes_every_measurement(tiny_recipes, tmp_path, monkeypa
 
     recipe = artifacts.tools_recipe("quick")
     recipe["task"] = {"digits": (1, 2), "train_size": 64, "per_digits": 4}
+    recipe["rl_digits"] = (2,)
     recipe["sft"] = TrainConfig(max_steps=2, batch_size=2, warmup_steps=1, eval_interval=2,
                                 eval_batches=1, progress=False)
     recipe["vote"] = {**recipe["vote"], "questions": 2, "samples": 4, "ks": (1, 4)}
