@@ -96,6 +96,15 @@ def test_grow_vocabulary_leaves_old_tokens_logits_unchanged():
     assert grown.lm_head.weight is grown.tok_emb.weight
 
 
+def test_an_exported_grown_model_reads_back_with_the_same_ids(tok, tmp_path):
+    from minillm.export import export, read_export
+
+    model = tiny_gpt(tok.vocab_size)
+    back = read_export(export(model, tmp_path / "sums.bin", tokenizer=tok)).tokenizer()
+    text = "How many are 37 and 48?"
+    assert back.encode(text) == tok.encode(text) and back.special_tokens == tok.special_tokens
+
+
 def test_with_tool_tokens_leaves_the_model_as_it_was(tok):
     model = tiny_gpt(char_tokenizer().vocab_size)
     before = model.tok_emb.weight.clone()
