@@ -223,6 +223,41 @@ def gpucheck_command(args: argparse.Namespace) -> None:
         raise SystemExit(f"failed: {', '.join(failed)}")
 
 
+def tools_command(args: argparse.Namespace) -> None:
+    import json
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from minillm.files import atomic_write
+    from minillm.pipeline import run_sums
+    from minillm.reasoning import plot_formats, plot_votes
+    from minillm.settings import home_dir
+
+    matplotlib.use("Agg")
+    result = run_sums(args.profile)
+    for name, m in result["formats"].items():
+        print(f"{name:>6}: " + "  ".join(f"{d} digits {a['accuracy']:.0%} ± {a['se']:.0%} "
+                                         f"(n={a['n']})" for d, a in m["by_digits"].items()))
+    print("vote:  " + "  ".join(f"k={k} {a['accuracy']:.0%} ± {a['se']:.0%} (n={a['n']})"
+                                for k, a in result["votes"].items()))
+    g = result["grpo"]
+    print(f"GRPO on the checker: {g['before']['accuracy']:.1%} -> {g['after']['accuracy']:.1%} "
+          f"(gain {g['gain']:+.1%} ± {g['gain_se']:.1%}, {g['z']:.1f} SE; KL {g['kl']:.2f} nats; "
+          f"n={g['after']['n']} answers)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), width_ratios=(3, 2))
+    plot_formats({n: m["by_digits"] for n, m in result["formats"].items()}, left)
+    plot_votes(result["votes"], right)
+    figure = Path(args.figure or home_dir() / f"sums-{result['profile']}.png")
+    fig.tight_layout()
+    fig.savefig(figure, dpi=100)
+    print(f"figure: {figure}")
+    if args.json:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"every measurement in {args.json}")
+
+
 def chat_command(args: argparse.Namespace) -> None:
     from minillm.checkpoint import load_checkpoint
 
@@ -317,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True)
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
-                _add_pipeline, _add_chat, _add_export, _add_scaling, _add_gpucheck):
+                _add_pipeline, _add_chat, _add_export, _add_scaling, _add_gpucheck,
+                _add_tools):
         add(stages, shared)
     return parser
 
@@ -485,6 +521,18 @@ def _add_gpucheck(stages, shared) -> None:
     check.add_argument("--lesson-timeout", type=float, default=600, metavar="S",
                        help="seconds each lesson may take (default 600)")
     check.set_defaults(run=gpucheck_command)
+
+
+def _add_tools(stages, shared) -> None:
+    sums = stages.add_parser(
+        "tools", parents=[shared["profile"]],
+        help="lesson 10: the assistant answers sums directly, with worked steps, or by calling "
+             "a calculator; held-out accuracy by digits, a majority vote over k sampled "
+             "answers, and GRPO with the checker as the reward")
+    sums.add_argument("--json", metavar="FILE", help="write every measurement to this file")
+    sums.add_argument("--figure", metavar="PNG",
+                      help="where to save the figure (default: in MINILLM_HOME)")
+    sums.set_defaults(run=tools_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,13 +17,21 @@ from pathlib import Path
 
 import torch
 
+from minillm.arithmetic import ArithmeticData, make_arithmetic_data, verifiable_reward
 from minillm.chat import SPECIAL_TOKENS
-from minillm.checkpoint import BASE, TUNED_POLICIES, Checkpoint, load_checkpoint, save_checkpoint
+from minillm.checkpoint import (
+    BASE,
+    GRPO,
+    TUNED_POLICIES,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from minillm.data import char_tokenizer, load_shakespeare
 from minillm.dpo import dpo
 from minillm.model import GPT
 from minillm.ppo import ppo
-from minillm.recipes import base_recipe, reward_recipe, rlhf_recipe, sft_recipe
+from minillm.recipes import base_recipe, reward_recipe, rlhf_recipe, sft_recipe, tools_recipe
 from minillm.reward import (
     PreferenceData,
     load_reward_model,
@@ -33,6 +41,7 @@ from minillm.reward import (
 from minillm.settings import home_dir, pick_device, profile, reuse_artifacts
 from minillm.sft import sft
 from minillm.tokenizer import Tokenizer
+from minillm.tools import with_tool_tokens
 from minillm.train import TrainConfig, train
 
 TOKENIZER_VOCAB = {"quick": 1024, "full": 4096}
@@ -206,3 +215,60 @@ def rlhf_policy(method: str, profile_name: str | None = None) -> Checkpoint:
     if not path.is_file():
         make_rlhf_policy(method, profile_name)
     return load_checkpoint(path, device=pick_device())
+
+
+# ---- lesson 10: sums answered three ways, and RL on the checker -----------------------------
+
+def arithmetic_data(format: str, profile_name: str | None = None) -> ArithmeticData:
+    """Lesson 10's task in ``format`` at the profile's sizes (made in code: nothing to cache)."""
+    return make_arithmetic_data(format, **tools_recipe(profile_name)["task"])
+
+
+def tools_model_path(format: str, profile_name: str | None = None) -> Path:
+    return home_dir() / f"sums-{format}-char-{profile_name or profile()}.pt"
+
+
+def train_tools_model(format: str, profile_name: str | None = None, **overrides):
+    """Finetune lesson 04's assistant to answer sums in ``format`` ("direct", "worked" or
+    "tool"), its vocabulary first grown by the digits and tool tokens (``with_tool_tokens``),
+    and save it as a lesson 10 artifact. Returns (model, history); ``overrides`` replace
+    TrainConfig fields."""
+    data = arithmetic_data(format, profile_name)
+    run = _engine_run(tools_recipe(profile_name)["sft"], tools_model_path(format, profile_name),
+                      overrides)
+    assistant = sft_model(profile_name)
+    model, tokenizer = with_tool_tokens(assistant.model, assistant.tokenizer)
+    return sft(model, run, data, tokenizer)
+
+
+def tools_model(format: str, profile_name: str | None = None) -> Checkpoint:
+    """Lesson 10's assistant for sums in ``format`` (with its grown tokenizer), made first if
+    missing (and lesson 04's assistant before it, if that is missing too)."""
+    path = tools_model_path(format, profile_name)
+    if not path.is_file():
+        train_tools_model(format, profile_name)
+    return load_checkpoint(path, device=pick_device())
+
+
+def sums_grpo_path(profile_name: str | None = None) -> Path:
+    return home_dir() / f"sums-grpo-char-{profile_name or profile()}.pt"
+
+
+def make_sums_grpo(profile_name: str | None = None, **overrides):
+    """Tune lesson 10's worked-format assistant with GRPO, the checker (``verifiable_reward``)
+    as the reward, on the training sums of the recipe's sizes (``rl_digits``), and save it.
+    Returns (policy, history); ``overrides`` replace PPOConfig fields. With ``MINILLM_REUSE=1``
+    a saved policy is loaded instead, with its history."""
+    path = sums_grpo_path(profile_name)
+    if reusing(path, overrides):
+        saved = load_checkpoint(path, device=pick_device())
+        return saved.model, saved.state["history"]
+    recipe = tools_recipe(profile_name)
+    start = recipe["vote"]["start"]
+    assistant = tools_model(start, profile_name)
+    questions = [q for q in arithmetic_data(start, profile_name).train_questions
+                 if q["digits"] in recipe["rl_digits"]]
+    policy, history, _ = ppo(assistant, verifiable_reward, replace(recipe["grpo"], **overrides),
+                             prompts=questions)
+    save_checkpoint(path, policy, assistant.tokenizer, stage=GRPO, history=history)
+    return policy, history

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from minillm.tools import CALL, encode_with_tools, pending_call, tool_ids, tool_result
+
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
 ROLES = {"user": USER, "assistant": ASSISTANT}
 # The course's tokenizers reserve these from the start (with a document separator), so that the
@@ -56,16 +58,21 @@ def render(conversation: list[dict], tokenizer) -> tuple[list[int], list[bool]]:
     Each message becomes ``<|role|>`` + its text (as ordinary text) + ``<|end|>``. The mask is
     True on the assistant's text and on the ``<|end|>`` that closes its turn (the model must learn
     to stop), False on everything else: the user's turns and the ``<|assistant|>`` token itself,
-    which the prompt always supplies.
+    which the prompt always supplies. An assistant's tool calls are the exception to "ordinary
+    text" (when the tokenizer has tool tokens): ``minillm.tools.encode_with_tools`` makes them
+    tokens and masks the results the runtime wrote.
     """
     _check(conversation)
     special = chat_ids(tokenizer)
     ids, mask = [], []
     for message in conversation:
-        text = tokenizer.encode(message["content"])  # no allowed_special: plain text only
-        learned = message["role"] == "assistant"
+        if message["role"] == "assistant":  # its tool calls are tokens, their results unlearned
+            text, learned = encode_with_tools(message["content"], tokenizer)
+        else:  # no allowed_special: plain text only
+            text = tokenizer.encode(message["content"])
+            learned = [False] * len(text)
         ids += [special[ROLES[message["role"]]], *text, special[END]]
-        mask += [False] + [learned] * (len(text) + 1)
+        mask += [False, *learned, message["role"] == "assistant"]
     return ids, mask
 
 
@@ -86,7 +93,7 @@ def as_conversation(prompt) -> list[dict]:
 def sample_answers(model, tokenizer, prompts: list, max_new_tokens: int = 100,
                    temperature: float = 0.8, top_k: int | None = None,
                    top_p: float | None = None, generator: torch.Generator | None = None,
-                   ) -> tuple[list[list[int]], list[list[int]]]:
+                   forced: list | None = None) -> tuple[list[list[int]], list[list[int]]]:
     """Sample an answer to each prompt, all in one batch: (prompt ids, answer ids) per prompt.
 
     Each prompt is a user message (a string) or a conversation ending with a user message.
@@ -96,10 +103,17 @@ def sample_answers(model, tokenizer, prompts: list, max_new_tokens: int = 100,
     id (``<|end|>`` when the model closed its turn itself). An answer is at most
     ``max_new_tokens`` long, and shorter if its prompt would otherwise outgrow the model's
     context (block_size).
+
+    With a tokenizer that has tool tokens (``minillm.tools``), an answer that closes a call
+    with ``<|/calc|>`` is not finished: the runtime appends the call's result
+    (``tool_result``, an error result for a malformed call) and the model goes on from there.
+    ``forced``, if given a list, receives one list per answer, True on each id the runtime
+    wrote rather than the model.
     """
     if not prompts:
         return [], []
-    stops = set(tokenizer.special_tokens.values())  # a new turn or a new document ends one too
+    calling = {tool_ids(tokenizer).get(CALL)}  # opening a call does not end an answer
+    stops = set(tokenizer.special_tokens.values()) - calling  # a new turn or document does
     rows = [prompt_ids(as_conversation(p), tokenizer) for p in prompts]
     block = model.config.block_size
     # Each row's own budget keeps prompt + answer within the context the model was trained on.
@@ -107,20 +121,36 @@ def sample_answers(model, tokenizer, prompts: list, max_new_tokens: int = 100,
     if min(budgets) < 1:
         raise ValueError(f"A prompt of {max(map(len, rows))} tokens leaves no room for an answer "
                          f"in the model's context of {block} tokens; shorten it.")
-    width = max(map(len, rows))
     pad = chat_ids(tokenizer)[END]  # any id will do: padding is masked out, never attended to
-    idx = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     device = next(model.parameters()).device
-    # The batch runs for the largest budget; each row is then cut to its own.
-    out = model.generate(idx.to(device), max(budgets), temperature=temperature, top_k=top_k,
-                         top_p=top_p, stop=stops, attention_mask=mask.to(device),
-                         generator=generator)
-    answers = []
-    for new, budget in zip(out[:, width:].tolist(), budgets):
-        new = new[:budget]
-        length = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
-        answers.append(new[:length])
+    answers, written = [[] for _ in rows], [[] for _ in rows]
+    waiting = list(range(len(rows)))  # answers not finished: all, then those after a call
+    while waiting:
+        sequences = [rows[i] + answers[i] for i in waiting]
+        width = max(map(len, sequences))
+        idx = torch.tensor([[pad] * (width - len(r)) + r for r in sequences])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in sequences])
+        rooms = [budgets[i] - len(answers[i]) for i in waiting]
+        # The batch runs for the largest room left; each row is then cut to its own.
+        out = model.generate(idx.to(device), max(rooms), temperature=temperature, top_k=top_k,
+                             top_p=top_p, stop=stops, attention_mask=mask.to(device),
+                             generator=generator)
+        called = []
+        for i, new, room in zip(waiting, out[:, width:].tolist(), rooms):
+            new = new[:room]
+            length = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+            answers[i] += new[:length]
+            written[i] += [False] * length
+            call = pending_call(answers[i], tokenizer)
+            if call is not None and len(answers[i]) < budgets[i]:
+                result = tokenizer.encode(tool_result(call))[:budgets[i] - len(answers[i])]
+                answers[i] += result
+                written[i] += [True] * len(result)
+                if len(answers[i]) < budgets[i]:
+                    called.append(i)
+        waiting = called
+    if forced is not None:
+        forced.extend(written)
     return rows, answers
 
 
@@ -134,7 +164,7 @@ def respond(model, tokenizer, prompts: list, max_new_tokens: int = 100,
     token that ended it.
     """
     end = chat_ids(tokenizer)[END]
-    stops = set(tokenizer.special_tokens.values())
+    stops = set(tokenizer.special_tokens.values()) - set(tool_ids(tokenizer).values())
     _, answers = sample_answers(model, tokenizer, prompts, max_new_tokens, temperature, top_k,
                                 top_p, generator)
     texts, ended = [], []

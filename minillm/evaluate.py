@@ -104,12 +104,15 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def answer_stats(responses: list[dict], proxy: list[float]) -> dict:
-    """Means of what the logs track about a batch of answers (gold is the labeler's reward)."""
+    """Means of what the logs track about a batch of answers (gold is the labeler's reward,
+    and it and on_topic are left out for answers that have no "gold", e.g. sums)."""
     n = len(responses)
+    gold = {"gold": sum(r["gold"] for r in responses) / n,
+            "on_topic": sum(is_on_topic(r["answer"], r["topic"]) for r in responses) / n,
+            } if "gold" in responses[0] else {}
     return {
         "proxy": sum(proxy) / n,
-        "gold": sum(r["gold"] for r in responses) / n,
-        "on_topic": sum(is_on_topic(r["answer"], r["topic"]) for r in responses) / n,
+        **gold,
         "ended": sum(r["ended"] for r in responses) / n,
         "length": sum(len(r["answer"]) for r in responses) / n,
         "distinct": len({(r["prompt"], r["answer"]) for r in responses}) / n,

@@ -299,9 +299,12 @@ class Exported:
             return None
         special = {self.tokens[i].decode("utf-8"): i for i in self.special}
         if kind == TOKENIZERS["char"]:
-            chars = "".join(t.decode("utf-8") for i, t in enumerate(self.tokens)
-                            if i not in self.special)
-            return CharTokenizer(chars, special)
+            plain = [(i, t.decode("utf-8")) for i, t in enumerate(self.tokens)
+                     if i not in self.special]
+            # Characters added after the special tokens (lesson 10's digits) keep their ids.
+            chars = "".join(c for k, (i, c) in enumerate(plain) if i == k)
+            added = {c: i for k, (i, c) in enumerate(plain) if i != k}
+            return CharTokenizer(chars, special, added)
         ranks = {t: i for i, t in enumerate(self.tokens) if t and i not in self.special}
         return Tokenizer(ranks, self.pattern, special)
 

@@ -521,3 +521,26 @@ def _from_gpt2(hf_model) -> GPT:
     model = GPT(config)
     model.load_state_dict(state)
     return model.eval()
+
+
+def grow_vocabulary(model: GPT, vocab_size: int, seed: int = 0) -> GPT:
+    """A copy of ``model`` that reads and writes ``vocab_size`` tokens: the old ids keep their
+    embeddings, and each new token starts as a draw from a normal distribution with the old
+    embeddings' mean and spread (per dimension; Hewitt 2021 suggests the mean). The mean keeps
+    the new tokens' first logits ordinary; the spread tells them apart, so that finetuning
+    need not first break their symmetry. (With tied embeddings the output row is the same.)
+    """
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"The vocabulary can only grow: the model has {old} tokens, not "
+                         f"fewer ({vocab_size}).")
+    grown = GPT(GPTConfig(**{**model.config.__dict__, "vocab_size": vocab_size}))
+    state = model.state_dict()
+    draws = torch.Generator().manual_seed(seed)
+    for name in ("tok_emb.weight", "lm_head.weight"):
+        rows = state[name].float().cpu()
+        new = torch.randn(vocab_size - old, rows.size(1), generator=draws)
+        new = rows.mean(0) + new * rows.std(0)
+        state[name] = torch.cat([state[name], new.to(state[name])])
+    grown.load_state_dict(state)
+    return grown.to(next(model.parameters()).device).train(model.training)

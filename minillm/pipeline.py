@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minillm import artifacts
+from minillm.arithmetic import FORMATS
 from minillm.data import load_shakespeare
 from minillm.evaluate import (
     SFTReference,
@@ -39,6 +40,7 @@ from minillm.evaluate import (
 )
 from minillm.files import atomic_write
 from minillm.policy import answer_prompts
+from minillm.reasoning import accuracy_by_digits, rl_gain, self_consistency, solve
 from minillm.settings import PROFILES, home_dir, profile
 from minillm.world import WEIGHTS, make_sft_data
 
@@ -341,3 +343,30 @@ def _plain(metrics: dict) -> dict:
     """Numbers JSON can hold: NaN and infinities (e.g. a standard error of one cluster) as None."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v
             for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- lesson 10
+
+def run_sums(profile_name: str | None = None, progress: bool = True) -> dict:
+    """Lesson 10's experiment: finetune (or load) the three formats, measure each on the
+    held-out sums by number of digits, vote over sampled worked answers, and tune the worked
+    model by GRPO on the checker. Returns the measurements as plain data (JSON-ready)."""
+    recipe = artifacts.tools_recipe(profile_name)
+    vote = recipe["vote"]
+    result: dict = {"profile": profile_name or profile(), "formats": {}}
+    models = {f: artifacts.tools_model(f, profile_name) for f in FORMATS}
+    data = artifacts.arithmetic_data(vote["start"], profile_name)
+    for name, checkpoint in models.items():
+        rows = solve(checkpoint.model, checkpoint.tokenizer, data.questions, progress=progress)
+        result["formats"][name] = {"by_digits": accuracy_by_digits(rows),
+                                   "examples": [r["answer"] for r in rows[::100]]}
+    start = models[vote["start"]]
+    asked = [q for d in recipe["task"]["digits"]
+             for q in [q for q in data.questions if q["digits"] == d][:vote["questions"]]]
+    sampled = solve(start.model, start.tokenizer, asked, vote["samples"], vote["temperature"],
+                    progress=progress)
+    result["votes"] = self_consistency(sampled, vote["ks"])
+    policy, history = artifacts.make_sums_grpo(profile_name)
+    result["grpo"] = {**rl_gain(policy, start.model, start.tokenizer, data.questions),
+                      "steps": len(history)}
+    return result

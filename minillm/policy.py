@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from minillm.chat import END, chat_ids, respond, sample_answers
 from minillm.model import GPT, at_least_float32
+from minillm.tools import tool_ids
 from minillm.world import is_on_topic
 
 
@@ -80,8 +81,9 @@ class Rollout:
 
     ``ids`` (B, T): each prompt left-padded, its answer right after it, then padding;
     ``attention`` (B, T): 1 on prompt and answer tokens; ``actions`` (B, T - 1): 1 where
-    ``ids[:, t + 1]`` is an answer token, aligned with ``token_logprobs``. ``responses`` are
-    dicts with "topic", "prompt", "answer" (the text, without its special token) and "ended".
+    ``ids[:, t + 1]`` is an answer token the policy chose (not a tool's result), aligned with
+    ``token_logprobs``. ``responses`` are the prompts' dicts with "answer" (the text, without
+    its special token) and "ended" added.
     """
 
     ids: torch.Tensor
@@ -93,25 +95,28 @@ class Rollout:
 @torch.no_grad()
 def rollout(policy: GPT, tokenizer, prompts: list[dict], max_new_tokens: int = 100,
             temperature: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
-    """Sample one answer to each prompt (dicts with "topic" and "prompt") from ``policy``."""
+    """Sample one answer to each prompt (dicts with "prompt", e.g. lesson 04's with "topic")
+    from ``policy``."""
+    forced: list[list[bool]] = []
     rows, answers = sample_answers(policy, tokenizer, [p["prompt"] for p in prompts],
-                                   max_new_tokens, temperature, generator=generator)
+                                   max_new_tokens, temperature, generator=generator,
+                                   forced=forced)
     end = chat_ids(tokenizer)[END]
-    stops = set(tokenizer.special_tokens.values())
+    stops = set(tokenizer.special_tokens.values()) - set(tool_ids(tokenizer).values())
     width, longest = max(map(len, rows)), max(map(len, answers))
     B, T = len(rows), width + longest
     ids = torch.full((B, T), end, dtype=torch.long)
     attention = torch.zeros(B, T, dtype=torch.long)
     actions = torch.zeros(B, T - 1, dtype=torch.long)
     responses = []
-    for k, (prompt, row, answer) in enumerate(zip(prompts, rows, answers)):
+    for k, (prompt, row, answer, written) in enumerate(zip(prompts, rows, answers, forced)):
         start = width - len(row)
         ids[k, start:width + len(answer)] = torch.tensor(row + answer)
         attention[k, start:width + len(answer)] = 1
-        actions[k, width - 1:width - 1 + len(answer)] = 1
+        # A tool's result is not the policy's doing: no action, no gradient.
+        actions[k, width - 1:width - 1 + len(answer)] = torch.tensor([not w for w in written])
         stopped = answer[-1] in stops
-        responses.append({"topic": prompt["topic"], "prompt": prompt["prompt"],
-                          "answer": tokenizer.decode(answer[:-1] if stopped else answer),
+        responses.append({**prompt, "answer": tokenizer.decode(answer[:-1] if stopped else answer),
                           "ended": stopped and answer[-1] == end})
     device = next(policy.parameters()).device
     return Rollout(ids.to(device), attention.to(device), actions.to(device), responses)

@@ -18,7 +18,8 @@ away from a frozen copy of the SFT model (the *reference*): per token,
 
 Rewards are in units of the RM's standard deviation on the SFT model's own answers
 (``minillm.policy.RewardScale``), so ``kl_coef`` means the same whatever the RM's scale: at 0.3
-a nat of KL costs 0.3 standard deviations of reward.
+a nat of KL costs 0.3 standard deviations of reward. In place of the RM, ``ppo`` also takes a
+reward *function*, such as lesson 10's checker of sums (a verifiable reward), used as it is.
 
 What this deliberately leaves out: no separate critic network (the value head shares the
 policy's backbone), no reward whitening across steps, no adaptive KL coefficient, no entropy
@@ -32,6 +33,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,10 +217,11 @@ class Experience:
 
 
 @torch.no_grad()
-def collect_experience(actor: ActorCritic, reference: GPT, reward_model: RewardModel,
-                       scale: RewardScale, tokenizer, prompts: list[dict], config: PPOConfig,
+def collect_experience(actor: ActorCritic, reference: GPT, reward: Callable, tokenizer,
+                       prompts: list[dict], config: PPOConfig,
                        generator: torch.Generator) -> Experience:
-    """Sample an answer to each prompt, score it, and turn score and KL into advantages."""
+    """Sample an answer to each prompt, score it with ``reward`` (answers to their rewards),
+    and turn score and KL into advantages."""
     actor.eval()
     batch = rollout(actor.policy, tokenizer, prompts, config.max_new_tokens, 1.0, generator)
     mask = batch.actions.float()
@@ -226,8 +229,7 @@ def collect_experience(actor: ActorCritic, reference: GPT, reward_model: RewardM
     old_logp = token_logprobs(logits, batch.ids)
     values = values[:, :-1] * mask  # the value before each answer token is chosen
     ref_logp = token_logprobs(reference(batch.ids, attention_mask=batch.attention)[0], batch.ids)
-    raw = score_responses(reward_model, tokenizer, batch.responses)
-    proxy = torch.tensor(scale(raw), device=mask.device)
+    proxy = torch.tensor(reward(batch.responses), device=mask.device, dtype=torch.float32)
     rewards = kl_penalty_rewards(proxy, old_logp, ref_logp, mask, config.kl_coef)
     if config.advantages == "group":
         # Every token of an answer gets the answer's advantage; the returns are the values
@@ -241,10 +243,12 @@ def collect_experience(actor: ActorCritic, reference: GPT, reward_model: RewardM
         mean = masked_mean(advantages, mask)
         std = masked_mean((advantages - mean) ** 2, mask).sqrt()
         advantages = (advantages - mean) / (std + 1e-8) * mask
-    stats = {**answer_stats(with_gold(batch.responses), proxy.tolist()),
+    # Lesson 04's answers have a gold reward to watch; a checked task's reward is its truth.
+    responses = with_gold(batch.responses) if "topic" in prompts[0] else batch.responses
+    stats = {**answer_stats(responses, proxy.tolist()),
              "kl": ((old_logp - ref_logp) * mask).sum(1).mean().item(),
              "entropy": masked_mean(entropy(logits), mask).item(),
-             "score_spread": max(raw) - min(raw)}
+             "score_spread": (proxy.max() - proxy.min()).item()}
     return Experience(batch, mask, old_logp, values, advantages, returns, stats)
 
 
@@ -277,11 +281,17 @@ def ppo_update(actor: ActorCritic, optimizer: torch.optim.Optimizer, exp: Experi
             "value_loss": sum(value_losses) / len(value_losses)}
 
 
-def ppo(policy, reward_model: RewardModel, config: PPOConfig | None = None, tokenizer=None,
-        prompts: list[dict] | None = None) -> tuple[GPT, list[dict], RewardScale]:
+def ppo(policy, reward_model: RewardModel | Callable, config: PPOConfig | None = None,
+        tokenizer=None, prompts: list[dict] | None = None) -> tuple[GPT, list[dict], RewardScale]:
     """Tune a copy of ``policy`` (a GPT, Checkpoint or path: the SFT model) with PPO (or GRPO,
     see ``PPOConfig.advantages``) against ``reward_model``; returns (tuned policy, history, the
     reward scale).
+
+    ``reward_model`` is lesson 05's ``RewardModel`` (its scores put in units of its spread on
+    the SFT model's answers), or a function from rollout responses (the prompts' dicts with
+    "answer" and "ended") to rewards, used as they are: a *verifiable* reward such as
+    ``minillm.arithmetic.verifiable_reward``, which needs no reward model (the scale is then
+    mean 0, std 1).
 
     ``prompts`` default to the training prompts of ``preference_prompts``. Each history row is
     one step: the proxy reward (RM, in SFT standard deviations) and the gold reward of the
@@ -300,13 +310,20 @@ def ppo(policy, reward_model: RewardModel, config: PPOConfig | None = None, toke
         torch.manual_seed(config.seed)  # dropout's randomness
         reference = copy.deepcopy(sft_model).to(device).eval().requires_grad_(False)
         actor = ActorCritic(copy.deepcopy(sft_model)).to(device)
-        reward_model = on_device(reward_model, device)
         optimizer = torch.optim.AdamW(actor.parameters(), lr=config.lr, weight_decay=0.0)
         generator = torch.Generator(device=device).manual_seed(config.seed)
         order = random.Random(config.seed)
-        sft_answers = rollout(reference, tokenizer, [order.choice(prompts) for _ in range(256)],
-                              config.max_new_tokens, 1.0, generator)
-        scale = RewardScale.fit(score_responses(reward_model, tokenizer, sft_answers.responses))
+        if isinstance(reward_model, RewardModel):
+            judge = on_device(reward_model, device)
+            sft_answers = rollout(reference, tokenizer,
+                                  [order.choice(prompts) for _ in range(256)],
+                                  config.max_new_tokens, 1.0, generator)
+            scale = RewardScale.fit(score_responses(judge, tokenizer, sft_answers.responses))
+
+            def reward(responses):
+                return scale(score_responses(judge, tokenizer, responses))
+        else:
+            scale, reward = RewardScale(0.0, 1.0), reward_model
         history: list[dict] = []
         monitor, start = Monitor(), time.perf_counter()
         with open_log(config.log_path, history) as log, \
@@ -315,14 +332,19 @@ def ppo(policy, reward_model: RewardModel, config: PPOConfig | None = None, toke
             for step in range(1, config.steps + 1):
                 asked = [p for p in order.sample(prompts, config.prompts_per_step)
                          for _ in range(config.samples_per_prompt)]
-                exp = collect_experience(actor, reference, reward_model, scale, tokenizer,
-                                         asked, config, generator)
+                exp = collect_experience(actor, reference, reward, tokenizer, asked, config,
+                                         generator)
                 lr = warmup_lr(step, config.lr, config.warmup_steps)
                 update = ppo_update(actor, optimizer, exp, config, order, lr)
                 stats = exp.stats
-                monitor.check_rollout(step, stats["score_spread"], stats["kl"], stats["distinct"])
+                # A checked reward can be the same for a whole batch (all right), and answers to
+                # one sum ought to agree: of the checks, only the KL's applies to it.
+                judged = isinstance(reward_model, RewardModel)
+                monitor.check_rollout(step, stats["score_spread"] if judged else 1.0, stats["kl"],
+                                      stats["distinct"] if judged else 1.0)
                 record({"step": step, **stats, **update, "lr": lr}, start, history, log)
-                bar.set_postfix(proxy=f"{stats['proxy']:+.2f}", gold=f"{stats['gold']:.2f}",
-                                kl=f"{stats['kl']:.2f}", refresh=False)
+                bar.set_postfix(proxy=f"{stats['proxy']:+.2f}", kl=f"{stats['kl']:.2f}",
+                                **({"gold": f"{stats['gold']:.2f}"} if "gold" in stats else {}),
+                                refresh=False)
                 bar.update()
     return actor.policy.eval(), history, scale

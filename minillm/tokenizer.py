@@ -323,14 +323,17 @@ class CharTokenizer(_TokenizerBase):
 
     FORMAT = "minillm-char-tokenizer/1"
 
-    def __init__(self, chars: str, special_tokens=None):
+    def __init__(self, chars: str, special_tokens=None, added_chars=None):
         self.chars = chars
         self.special_tokens = dict(special_tokens or {})
-        self._ids = {c: i for i, c in enumerate(chars)}
-        if len(self._ids) != len(chars):
+        # Characters given ids after a model was trained (``with_tokens``), so old ids keep
+        # their meaning: {character: id}.
+        self.added_chars = dict(added_chars or {})
+        self._ids = {c: i for i, c in enumerate(chars)} | self.added_chars
+        if len(self._ids) != len(chars) + len(self.added_chars):
             raise ValueError("The character list repeats a character.")
-        self._set_decoder({i: c.encode("utf-8") for i, c in enumerate(chars)})
-        if len(self._decoder) != len(chars) + len(self.special_tokens):
+        self._set_decoder({i: c.encode("utf-8") for c, i in self._ids.items()})
+        if len(self._decoder) != len(self._ids) + len(self.special_tokens):
             raise ValueError("Two tokens share an id; every token needs its own id.")
 
     @classmethod
@@ -338,6 +341,24 @@ class CharTokenizer(_TokenizerBase):
         """The sorted characters of ``text``, then the special tokens (a list of strings)."""
         chars = "".join(sorted(set(text)))
         return cls(chars, {s: len(chars) + k for k, s in enumerate(special_tokens or [])})
+
+    def with_tokens(self, chars: str = "", special_tokens=()) -> CharTokenizer:
+        """This tokenizer grown by new ``chars`` and ``special_tokens``, each given the next free
+        id: every old id keeps its meaning, so a model trained with the old vocabulary needs only
+        new embedding rows (``minillm.model.grow_vocabulary``). Ones it has already are skipped.
+
+        >>> CharTokenizer("ab", {"<|end|>": 2}).with_tokens("7", ["<|calc|>"]).encode("7b")
+        [3, 1]
+        """
+        added, special = dict(self.added_chars), dict(self.special_tokens)
+        next_id = self.vocab_size
+        for c in chars:
+            if c not in self._ids and c not in added:
+                added[c], next_id = next_id, next_id + 1
+        for token in special_tokens:
+            if token not in special:
+                special[token], next_id = next_id, next_id + 1
+        return CharTokenizer(self.chars, special, added)
 
     def encode_ordinary(self, text: str) -> list[int]:
         try:
@@ -348,12 +369,14 @@ class CharTokenizer(_TokenizerBase):
             ) from None
 
     def to_json(self) -> str:
+        added = {"added_chars": self.added_chars} if self.added_chars else {}
         return json.dumps({"format": self.FORMAT, "chars": self.chars,
-                           "special_tokens": self.special_tokens}, ensure_ascii=False, indent=2)
+                           "special_tokens": self.special_tokens, **added},
+                          ensure_ascii=False, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> CharTokenizer:
-        return cls(data["chars"], data["special_tokens"])
+        return cls(data["chars"], data["special_tokens"], data.get("added_chars"))
 
     def __repr__(self) -> str:
         return (f"CharTokenizer(vocab_size={self.vocab_size}, "

@@ -43,6 +43,7 @@ def mistakes(module, exercise, *entries):
 T01, T02, T03 = "ex01_tokenization", "ex02_model", "ex03_pretraining"
 T04, T05, T06 = "ex04_sft", "ex05_reward", "ex06_rlhf"
 T08 = "ex08_two_files"
+T10 = "ex10_tools"
 
 MISTAKES = [
     # --- Lesson 01 ----------------------------------------------------------------------------
@@ -519,6 +520,51 @@ MISTAKES = [
          r'softmax\(q k\^T / sqrt\(D\)\) in each head',
          'att.sum(axis=1, keepdims=True)',
          'att.sum()'),
+    ),
+    # --- Lesson 10 ----------------------------------------------------------------------------
+    *mistakes(T10, "calculate",
+        ("evaluates the call with eval", "never eval",
+         "    value = expression_()\n    if position",
+         "    return eval(expression)\n    value = expression_()\n    if position"),
+        ("subtracts right to left", "left to right",
+         "value + term() if operator == \"+\" else value - term()",
+         "value + term() if operator == \"+\" else value - expression_()"),
+        ("lets * take the whole rest", r"with \* before \+",
+         "value *= factor()", "value *= expression_()"),
+        ("accepts text after the expression", "raises ValueError",
+         "if position != len(text):", "if False:"),
+        ("never checks the closing parenthesis", "raises ValueError",
+         'if peek() != ")":', "if False:"),
+    ),
+    *mistakes(T10, "tool_loss_mask",
+        ("masks the result's tokens but learns its newline", "including the result_end_id",
+         "            in_result = False\n",
+         "            in_result = False\n            mask[-1] = True\n"),
+        ("masks the <|/calc|> token too", r"its <\|/calc\|> included",
+         "mask.append(not in_result)", "mask.append(not in_result and token != call_end_id)"),
+        ("never learns again after the first result", "True everywhere else",
+         "            in_result = False\n", "            in_result = True\n"),
+        ("learns the result and masks the rest", "False on a call's result",
+         "mask.append(not in_result)", "mask.append(in_result)"),
+    ),
+    *mistakes(T10, "majority_vote",
+        ("counts missing answers as votes", "None left out",
+         "Counter(a for a in answers if a is not None)", "Counter(answers)"),
+        ("breaks a tie for the last answer", "occurs first",
+         "return next(a for a in answers if", "return next(a for a in reversed(answers) if"),
+        ("returns the count, not the answer", "answer given most often",
+         "return next(a for a in answers if a is not None and counts[a] == best)",
+         "return best"),
+    ),
+    *mistakes(T10, "verifiable_advantages",
+        ("divides by the sample std", "population std",
+         "groups.std(dim=1, unbiased=False, keepdim=True)", "groups.std(dim=1, keepdim=True)"),
+        ("standardizes over the whole batch", "within each group",
+         "torch.tensor(rewards).view(-1, group_size)", "torch.tensor(rewards).view(1, -1)"),
+        ("checks the first number of the answer", "last number",
+         "int(numbers[-1]) == solution", "int(numbers[0]) == solution"),
+        ("rewards without standardizing", r"\(r - mean\) / \(std",
+         "return ((groups - mean) / (std + 1e-8)).flatten()", "return groups.flatten()"),
     ),
 ]
 
