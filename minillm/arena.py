@@ -350,6 +350,14 @@ def train_judge(reward_model: RewardModel, tokenizer, comparisons: Comparisons,
     nn.init.zeros_(judge.head.bias)
     standardized = (features - judge.mean) / judge.std
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():  # a caller may have turned gradients off to read models
+        _fit(judge, standardized, first, second, target, optimizer, steps)
+    return judge.eval()
+
+
+def _fit(judge: PairwiseJudge, standardized: torch.Tensor, first: torch.Tensor,
+         second: torch.Tensor, target: torch.Tensor, optimizer, steps: int) -> None:
+    """``train_judge``'s loop: full-batch steps on the Bradley-Terry loss of the pairs."""
     for _ in range(steps):
         # The head is linear, so each answer's two projections (read first, read second) are
         # computed once per step and the pairs only gather them: the same logits as
@@ -360,7 +368,6 @@ def train_judge(reward_model: RewardModel, tokenizer, comparisons: Comparisons,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return judge.eval()
 
 
 @torch.no_grad()
