@@ -20,6 +20,9 @@ Every module, in the order the lessons use them; a module imports only those abo
 - ``sft``: supervised finetuning (lesson 04)
 - ``reward``: comparisons and the reward model (lesson 05)
 - ``evaluate``: standard errors, held-out comparisons of models and of reward models
+- ``benchmarks``: bits per character and multiple choice by log-likelihood (lesson 07)
+- ``arena``: a judge and its biases, blind votes, Elo and Bradley-Terry ratings, best-of-n
+  (lesson 07)
 - ``ppo``: PPO and GRPO (lesson 06)
 - ``dpo``: DPO (lesson 06)
 - ``recipes``: every stage's settings for each profile, as data

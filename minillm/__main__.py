@@ -311,6 +311,26 @@ def export_command(args: argparse.Namespace) -> None:
     print(f"  cc -O2 -o run {Path(__file__).with_name('run.c')} -lm && ./run {out} -p 'ROMEO:'")
 
 
+def arena_command(args: argparse.Namespace) -> None:
+    import json
+
+    from minillm import artifacts
+    from minillm.arena import arena_summary, run_arena
+    from minillm.files import atomic_write
+
+    assistant = artifacts.sft_model(args.profile)
+    policies = {"base": artifacts.base_model(args.profile).model, "sft": assistant.model,
+                **{m: artifacts.rlhf_policy(m, args.profile).model for m in ("ppo", "grpo", "dpo")}}
+    result = run_arena(policies, assistant, artifacts.reward_model(args.profile).model,
+                       artifacts.preference_data(args.profile).train, votes=args.votes,
+                       samples=args.samples, best_of=args.best_of, seed=args.seed)
+    print(arena_summary(result))
+    if args.json:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"the leaderboard, the judge's biases and best-of-n in {args.json}")
+
+
 # ----------------------------------------------------------------------------- the parser
 
 def _positive_int(text: str) -> int:
@@ -353,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
                 _add_pipeline, _add_chat, _add_export, _add_scaling, _add_gpucheck,
-                _add_tools):
+                _add_tools, _add_arena):
         add(stages, shared)
     return parser
 
@@ -533,6 +553,26 @@ def _add_tools(stages, shared) -> None:
     sums.add_argument("--figure", metavar="PNG",
                       help="where to save the figure (default: in MINILLM_HOME)")
     sums.set_defaults(run=tools_command)
+
+
+def _add_arena(stages, shared) -> None:
+    arena = stages.add_parser(
+        "arena", parents=[shared["profile"]],
+        help="lesson 07: blind pairwise votes among the base, SFT, PPO, GRPO and DPO models "
+             "(making any that is missing), a Bradley-Terry leaderboard with bootstrap intervals "
+             "beside the gold reward, the judge's biases, best-of-n against RL")
+    arena.add_argument("--votes", type=_positive_int, default=2000, metavar="N",
+                       help="labeler votes (default %(default)s)")
+    arena.add_argument("--samples", type=_positive_int, default=4, metavar="K",
+                       help="answers of each policy per held-out prompt (default %(default)s)")
+    arena.add_argument("--best-of", type=_positive_int, default=16, metavar="N",
+                       help="SFT answers per prompt for best-of-n, n up to N (default "
+                            "%(default)s; at least --samples)")
+    arena.add_argument("--seed", type=int, default=0, help="seeds answers, matches and votes")
+    arena.add_argument("--json", metavar="FILE",
+                       help="write each policy's rating, interval and gold mean, the judge's "
+                            "bias figures and best-of-n to this JSON file")
+    arena.set_defaults(run=arena_command)
 
 
 def main(argv: list[str] | None = None) -> None:

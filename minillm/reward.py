@@ -247,12 +247,16 @@ class RewardModel(nn.Module):
     def flops_per_token(self) -> int:
         return self.backbone.flops_per_token()
 
+    def features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """What the head reads of each conversation: the answer's states pooled three ways,
+        ids and response mask (N, T) -> (N, 3C) (a judge of two answers reads them too)."""
+        hidden = self.backbone.forward_hidden(ids)
+        return torch.cat((last_state(hidden, mask), mean_state(hidden, mask),
+                          max_state(hidden, mask)), dim=-1)
+
     def score(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The reward of each conversation: ids and response mask (N, T) -> (N,)."""
-        hidden = self.backbone.forward_hidden(ids)
-        pooled = torch.cat((last_state(hidden, mask), mean_state(hidden, mask),
-                            max_state(hidden, mask)), dim=-1)
-        return self.head(pooled).squeeze(-1)
+        return self.head(self.features(ids, mask)).squeeze(-1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         """The scores (B, k) of a ``PreferenceDataset`` batch, and the Bradley-Terry loss over
@@ -296,17 +300,25 @@ def load_reward_model(path, device: str = "cpu") -> Checkpoint:
 # ----------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def score_responses(model: RewardModel, tokenizer, responses: list[dict],
-                    batch_size: int = 256) -> list[float]:
-    """The reward model's score of each answer (dicts with "prompt", "answer", "ended")."""
+def read_responses(model: RewardModel, tokenizer, responses: list[dict], read=None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """``read(ids, mask)`` of each answer (dicts with "prompt", "answer", "ended"), in batches,
+    the model in eval mode: its scores by default (N,), or e.g. ``model.features`` (N, 3C)."""
+    read = read or model.score
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    scores = []
+    out = []
     try:
         for start in range(0, len(responses), batch_size):
             ids, mask = encode_responses(responses[start:start + batch_size], tokenizer)
-            scores += model.score(ids.to(device), mask.to(device)).tolist()
+            out.append(read(ids.to(device), mask.to(device)).float().cpu())
     finally:
         model.train(was_training)
-    return scores
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def score_responses(model: RewardModel, tokenizer, responses: list[dict],
+                    batch_size: int = 256) -> list[float]:
+    """The reward model's score of each answer (dicts with "prompt", "answer", "ended")."""
+    return read_responses(model, tokenizer, responses, batch_size=batch_size).tolist()
