@@ -24,14 +24,16 @@ from minillm.world import is_on_topic
 
 def answer_prompts(model: GPT, tokenizer, prompts: list[dict], samples: int = 4,
                    temperature: float = 0.8, max_new_tokens: int = 100, seed: int = 0,
-                   batch_size: int = 128, progress: bool = True) -> list[dict]:
+                   batch_size: int = 128, progress: bool = True, measure=None) -> list[dict]:
     """Sample ``samples`` answers to each prompt (dicts with "topic" and "prompt"); one row per
     answer.
 
     Each row is the prompt's dict plus "answer" (the text), "ended" (closed with ``<|end|>``),
-    "on_topic" (``is_on_topic``) and "length" (characters). An answer that never ends is cut
-    at ``max_new_tokens``. The same seed gives the same answers.
+    "on_topic" (``is_on_topic``) and "length" (characters); or, with ``measure``, what
+    ``measure(prompt, answer)`` returns (a dict) in place of those two. An answer that never ends
+    is cut at ``max_new_tokens``. The same seed gives the same answers.
     """
+    measure = measure or _topic_and_length
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     asked = [p for p in prompts for _ in range(samples)]
     rows = []
@@ -40,9 +42,13 @@ def answer_prompts(model: GPT, tokenizer, prompts: list[dict], samples: int = 4,
         chunk = asked[start:start + batch_size]
         texts, ended = respond(model, tokenizer, [p["prompt"] for p in chunk], max_new_tokens,
                                temperature, generator=generator)
-        rows += [{**p, "answer": text, "ended": end, "on_topic": is_on_topic(text, p["topic"]),
-                  "length": len(text)} for p, text, end in zip(chunk, texts, ended)]
+        rows += [{**p, "answer": text, "ended": end, **measure(p, text)}
+                 for p, text, end in zip(chunk, texts, ended)]
     return rows
+
+
+def _topic_and_length(prompt: dict, answer: str) -> dict:
+    return {"on_topic": is_on_topic(answer, prompt["topic"]), "length": len(answer)}
 
 
 def on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:

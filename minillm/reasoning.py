@@ -16,12 +16,10 @@ import random
 from collections import Counter
 
 import torch
-from tqdm.auto import tqdm
 
 from minillm.arithmetic import final_answer
-from minillm.chat import respond
 from minillm.evaluate import clustered_se, compare_policies
-from minillm.policy import rollout, sequence_kl
+from minillm.policy import answer_prompts, rollout, sequence_kl
 
 
 def solve(model, tokenizer, questions: list[dict], samples: int = 1, temperature: float = 0.0,
@@ -30,19 +28,13 @@ def solve(model, tokenizer, questions: list[dict], samples: int = 1, temperature
     """Answer each question ``samples`` times; one row per answer: the question's dict with
     "answer" (the text, tool calls and results included), "given" (its ``final_answer``),
     "correct" and "ended". ``temperature=0`` is greedy (then one sample says it all)."""
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    asked = [q for q in questions for _ in range(samples)]
-    rows = []
-    for start in tqdm(range(0, len(asked), batch_size), desc="solving", mininterval=1.0,
-                      disable=not progress):
-        chunk = asked[start:start + batch_size]
-        texts, ended = respond(model, tokenizer, [q["prompt"] for q in chunk], max_new_tokens,
-                               temperature, generator=generator)
-        for q, text, end in zip(chunk, texts, ended):
-            given = final_answer(text)
-            rows.append({**q, "answer": text, "given": given, "correct": given == q["solution"],
-                         "ended": end})
-    return rows
+    return answer_prompts(model, tokenizer, questions, samples, temperature, max_new_tokens, seed,
+                          batch_size, progress, measure=_checked)
+
+
+def _checked(question: dict, answer: str) -> dict:
+    given = final_answer(answer)
+    return {"given": given, "correct": given == question["solution"]}
 
 
 def accuracy(rows: list[dict]) -> dict:
