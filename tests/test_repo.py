@@ -47,3 +47,21 @@ def test_saved_outputs_show_no_machine_paths_tracebacks_or_warnings():
                 found += [f"{lesson.name} cell {number}: …{text[max(0, m.start() - 60):m.end()]}"
                           for m in UNFIT_FOR_LEARNERS.finditer(text)]
     assert not found, "saved outputs a learner should not see:\n" + "\n".join(found)
+
+
+def test_imports_point_down_the_readmes_module_list():
+    """The README's module table is in import order: a module imports none listed below it."""
+    import ast
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| module | what it holds | lesson |"):]
+    rank = {name: row for row, line in enumerate(table[:table.index("\n\n")].splitlines()[2:])
+            for name in re.findall(r"`(\w+)`", line.split("|")[1])}
+    upward = []
+    for name, row in rank.items():
+        tree = ast.parse((ROOT / "minillm" / f"{name}.py").read_text())
+        imported = {node.module.split(".")[1] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom)
+                    and (node.module or "").startswith("minillm.")}
+        upward += [f"{name} imports {other}" for other in imported if rank.get(other, -1) > row]
+    assert len(rank) > 20 and not upward, upward
