@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minillm.checkpoint import Checkpoint
-from minillm.evaluate import clustered_se, evaluate_policy, sft_reference
+from minillm.evaluate import clustered_se, evaluate_policy, mean_and_se, sft_reference
 from minillm.model import GPT
 from minillm.policy import RewardScale
 from minillm.reward import RewardModel, read_responses
@@ -67,9 +67,8 @@ def gold_means(pool: list[dict]) -> dict[str, dict]:
     result = {}
     for name in dict.fromkeys(r["policy"] for r in pool):
         rows = [r for r in pool if r["policy"] == name]
-        values = [r["gold"] for r in rows]
-        result[name] = {"gold": sum(values) / len(values),
-                        "se": clustered_se(values, [r["prompt"] for r in rows]), "n": len(rows)}
+        gold, se = mean_and_se(rows, "gold")
+        result[name] = {"gold": gold, "se": se, "n": len(rows)}
     return result
 
 
@@ -572,10 +571,8 @@ def run_arena(policies: dict[str, GPT], assistant: Checkpoint, reward_model: Rew
     rl = {}
     for name in policies:
         rows = [r for r in pool if r["policy"] == name]
-        prompts = [r["prompt"] for r in rows]
-        golds, kls = [r["gold"] for r in rows], [r["kl"] for r in rows]
-        rl[name] = {"gold": sum(golds) / len(golds), "gold_se": clustered_se(golds, prompts),
-                    "kl": sum(kls) / len(kls), "kl_se": clustered_se(kls, prompts),
+        (gold_mean, gold_se), (kl, kl_se) = mean_and_se(rows, "gold"), mean_and_se(rows, "kl")
+        rl[name] = {"gold": gold_mean, "gold_se": gold_se, "kl": kl, "kl_se": kl_se,
                     "n": len(rows)}
     return {
         "votes": votes, "prompts": len({r["prompt"] for r in arena_pool}),

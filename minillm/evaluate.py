@@ -51,6 +51,13 @@ def clustered_se(values: list[float], clusters: list) -> float:
     return math.sqrt(variance / len(means))
 
 
+def mean_and_se(rows: list[dict], key: str) -> tuple[float, float]:
+    """The mean of ``row[key]`` over ``rows`` and its standard error, the answers to one prompt
+    forming a cluster (``clustered_se``)."""
+    values = [float(r[key]) for r in rows]
+    return sum(values) / len(values), clustered_se(values, [r["prompt"] for r in rows])
+
+
 def spearman(xs: list[float], ys: list[float]) -> float:
     """Spearman's rank correlation: the Pearson correlation of the ranks of xs and ys (values
     that tie share the mean of their ranks)."""
@@ -306,12 +313,8 @@ def compare_with_sft(policy: GPT, reference: SFTReference) -> dict:
                            reference.seed)
     gold = compare_policies(rows, reference.rows)
     proxy = compare_policies(rows, reference.rows, "proxy")
-
-    def mean_and_se(rs):
-        values = [r["gold"] for r in rs]
-        return sum(values) / len(values), clustered_se(values, [r["prompt"] for r in rs])
-
-    (policy_gold, policy_se), (sft_gold, sft_se) = mean_and_se(rows), mean_and_se(reference.rows)
+    (policy_gold, policy_se), (sft_gold, sft_se) = (mean_and_se(rows, "gold"),
+                                                    mean_and_se(reference.rows, "gold"))
     return {"gold": policy_gold, "gold_se": policy_se, "sft_gold": sft_gold, "sft_gold_se": sft_se,
             "gold_gain": gold["gain"], "gold_gain_se": gold["se"], "gold_z": gold["z"],
             "proxy_gain": proxy["gain"], "proxy_gain_se": proxy["se"],

@@ -18,7 +18,7 @@ from collections import Counter
 import torch
 
 from minillm.arithmetic import final_answer
-from minillm.evaluate import clustered_se, compare_policies
+from minillm.evaluate import compare_policies, mean_and_se
 from minillm.policy import answer_prompts, rollout, sequence_kl
 
 
@@ -42,10 +42,9 @@ def accuracy(rows: list[dict]) -> dict:
     cluster (``clustered_se``), and the counts: {"accuracy", "se", "n", "questions"}."""
     if not rows:
         raise ValueError("There are no answers to score.")
-    values = [float(r["correct"]) for r in rows]
-    prompts = [r["prompt"] for r in rows]
-    return {"accuracy": sum(values) / len(values), "se": clustered_se(values, prompts),
-            "n": len(rows), "questions": len(set(prompts))}
+    share, se = mean_and_se(rows, "correct")
+    return {"accuracy": share, "se": se, "n": len(rows),
+            "questions": len({r["prompt"] for r in rows})}
 
 
 def accuracy_by_digits(rows: list[dict]) -> dict[int, dict]:
