@@ -26,7 +26,8 @@ AUTOCAST_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfl
 # Dense bf16/fp16 tensor-core peaks from the vendors' data sheets, in FLOP/s. MFU (model FLOPs
 # utilisation, PaLM appendix B) is achieved model FLOP/s over this peak; on a CPU there is no
 # one agreed peak, so only the achieved FLOP/s is reported.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12, "T4": 65e12}
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "V100": 125e12,
+              "T4": 65e12}
 
 
 def peak_flops(device: str) -> float | None:
