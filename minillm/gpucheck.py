@@ -322,16 +322,24 @@ def lessons(names: list[str] | None = None) -> list[Path]:
 
 
 def run_lesson(path: Path, home: Path, timeout: float) -> dict:
-    """Execute one lesson under nbval in the full profile; its outcome and wall time."""
-    env = {**os.environ, "MINILLM_PROFILE": FULL, "MINILLM_HOME": str(home)}
+    """Execute one lesson under nbval in the full profile; its outcome and wall time, and for a
+    lesson stopped at ``timeout`` the cells it had finished (pytest's verbose lines)."""
+    env = {**os.environ, "MINILLM_PROFILE": FULL, "MINILLM_HOME": str(home),
+           "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
-                               str(path)], cwd=REPO, env=env, capture_output=True, text=True,
+        command = [sys.executable, "-m", "pytest", "-v", "-p", "no:randomly",
+                   "-c", str(REPO / "pyproject.toml"), str(path)]  # the course's nbval options
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=timeout)
         status, tail = ("passed" if done.returncode == 0 else "failed"), done.stdout[-1500:]
-    except subprocess.TimeoutExpired:
-        status, tail = "timed out", f"stopped after {timeout:.0f} s"
+    except subprocess.TimeoutExpired as stopped:
+        output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else stopped.stdout
+        cells = [line.split("::")[-1].split(" PASSED")[0] for line in (output or "").splitlines()
+                 if "::Cell" in line and " PASSED" in line]
+        status = "timed out"
+        tail = (f"stopped after {timeout:.0f} s; the last cell to pass: "
+                f"{cells[-1] if cells else 'none'}")
     return {"lesson": path.stem, "status": status, "seconds": round(time.perf_counter() - start, 1),
             **({} if status == "passed" else {"output": tail})}
 

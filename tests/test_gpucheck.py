@@ -3,11 +3,12 @@ command's report on a machine without a GPU."""
 
 import json
 
+import nbformat
 import pytest
 import torch
 
 from minillm.__main__ import main
-from minillm.gpucheck import GPU_CHECKS, lessons, smoke_full_profile
+from minillm.gpucheck import GPU_CHECKS, lessons, run_lesson, smoke_full_profile
 from minillm.recipes import base_recipe
 
 
@@ -37,3 +38,14 @@ def test_lessons_are_chosen_by_number():
     assert [p.name[:2] for p in lessons(["03", "01"])] == ["01", "03"]
     with pytest.raises(ValueError, match="No lesson 99"):
         lessons(["99"])
+
+
+@pytest.mark.slow
+def test_a_lesson_stopped_at_its_timeout_reports_the_last_cell_that_passed(tmp_path):
+    cells = ["print('first')", "print('second')", "import time\ntime.sleep(300)"]
+    notebook = tmp_path / "99_slow.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]),
+                   notebook)
+    row = run_lesson(notebook, tmp_path, timeout=15)
+    assert row["status"] == "timed out" and 15 <= row["seconds"] < 60, row
+    assert row["output"] == "stopped after 15 s; the last cell to pass: Cell 1", row
