@@ -1,7 +1,7 @@
 /* run.c: generate text with a minillm model exported by `python -m minillm export`.
  *
- * A language model is two files: the parameters (MODEL.bin) and this program. C99, no
- * dependency but libm:   cc -O2 -o run run.c -lm
+ * A language model is two files: the parameters (MODEL.bin) and this program. C99 (and the
+ * __int128 of gcc and clang, for the calculator), no dependency but libm:   cc -O2 -o run run.c -lm
  *
  *   ./run MODEL.bin [options]            continue a prompt
  *   ./run MODEL.bin -c [options]         chat: each line of stdin is one user message
