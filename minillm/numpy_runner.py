@@ -7,6 +7,11 @@ the first step runs the last (at most bs) prompt tokens from window start s; eac
 feeds the newest token through the cache while the window [s, n) still fits in bs tokens, and
 otherwise moves s to n - (bs - slide) and rebuilds the cache from the window, whose positions
 start again at 0.
+
+A model that can call the calculator (lesson 10: its tokenizer has ``<|calc|>`` and
+``<|/calc|>``) gets its calls answered as ``minillm.chat.respond`` answers them, by the same
+code (``minillm.tools``): after ``<|/calc|>`` the result's tokens go into the sequence as if
+sampled, and the model goes on from them.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from minillm.export import FLAGS, Exported, read_export
+from minillm.tools import pending_call, tool_ids, tool_result
 
 ROPE_BASE = 10000.0
 
@@ -117,26 +123,36 @@ def sample(logits, temperature=0.0, top_k=None, top_p=None, rng=None) -> int:
 def generate(m: Exported, ids, max_new_tokens: int, temperature=0.0, top_k=None, top_p=None,
              seed=None, stop=()) -> list[int]:
     """The new token ids after the prompt ``ids`` (up to ``max_new_tokens``; generation ends
-    after a token in ``stop``), with the window policy of the module docstring."""
+    after a token in ``stop``), with the window policy of the module docstring.
+
+    If the file's tokenizer has the tool tokens, a call closed by ``<|/calc|>`` (in ``stop`` or
+    not) is answered: the result's ids (``minillm.tools.tool_result``, an error result for a
+    malformed call) are appended, count towards ``max_new_tokens``, and generation goes on.
+    """
     bs = m.header["block_size"]
     slide, ids = max(1, bs // 4), list(ids)
     rng = np.random.default_rng(seed)
-    s = max(0, len(ids) - bs)
+    tokenizer = m.tokenizer()
+    calls = tokenizer is not None and bool(tool_ids(tokenizer))
+    s = fed = max(0, len(ids) - bs)  # the window starts at s; ids[s:fed] are in the cache
     cache = new_cache(m)
-    logits = forward(m, ids[s:], cache)[-1]
     new = []
-    for _ in range(max_new_tokens):
-        if new:  # the newest token is ids[-1]
-            n = len(ids)
-            if n - s <= bs:
-                logits = forward(m, ids[-1:], cache, start=n - 1 - s)[-1]
-            else:  # slide the window and rebuild the cache, positions from 0 again
-                s, cache = n - (bs - slide), new_cache(m)
-                logits = forward(m, ids[s:], cache)[-1]
+    while len(new) < max_new_tokens:
+        if len(ids) - s > bs:  # slide the window and rebuild the cache, positions from 0 again
+            s = fed = len(ids) - (bs - slide)
+            cache = new_cache(m)
+        # The tokens the cache has not seen: the prompt, the newest token, or a call's result.
+        logits = forward(m, ids[fed:], cache, start=fed - s)[-1]
+        fed = len(ids)
         token = sample(logits, temperature, top_k, top_p, rng)
         ids.append(token)
         new.append(token)
-        if token in stop:
+        call = pending_call(new, tokenizer) if calls else None
+        if call is not None:
+            result = tokenizer.encode(tool_result(call))[:max_new_tokens - len(new)]
+            ids += result
+            new += result
+        elif token in stop:
             break
     return new
 

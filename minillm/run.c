@@ -1,7 +1,7 @@
 /* run.c: generate text with a minillm model exported by `python -m minillm export`.
  *
- * A language model is two files: the parameters (MODEL.bin) and this program. C99, no
- * dependency but libm:   cc -O2 -o run run.c -lm
+ * A language model is two files: the parameters (MODEL.bin) and this program. C99 (and the
+ * __int128 of gcc and clang, for the calculator), no dependency but libm:   cc -O2 -o run run.c -lm
  *
  *   ./run MODEL.bin [options]            continue a prompt
  *   ./run MODEL.bin -c [options]         chat: each line of stdin is one user message
@@ -16,6 +16,10 @@
  *   -s SEED   seed of the sampler (default 1)
  *   -I        print the generated token ids instead of text (tests compare them)
  * The file format is documented byte by byte in minillm/export.py. Timing goes to stderr.
+ *
+ * Tools (lesson 10): a character model with the tokens <|calc|> and <|/calc|> may write a call,
+ * <|calc|>37+48<|/calc|>, and the runner answers it as minillm.chat does: the result's tokens
+ * ("85\n", or "error: ...\n" for a malformed call) go in as if sampled (they count towards -n).
  *
  * The context: with bs = block_size and slide = max(1, bs / 4), the first step runs the last
  * (at most bs) prompt tokens from window start s; each later step feeds the newest token
@@ -38,6 +42,7 @@ typedef struct { float *n1w, *n1b, *qkvb, *projb, *n2w, *n2b, *fcb, *mprojb;
 typedef struct {
     int V, T, L, H, C, F, flags, dtype, tokenizer, n_tokens, n_special;
     int *special; unsigned char **tok; int *tok_len;
+    int open, close;                      /* <|calc|>, <|/calc|> (-1: no tools) */
     Mat emb, pos, head; Layer *layer; float *nfw, *nfb;
     float *kc, *vc;                       /* KV cache: (L, T, C) each */
     float *x, *xn, *qkv, *att, *y, *h, *logits;
@@ -281,6 +286,78 @@ static int sample(Model *M, float temperature, int top_k, float top_p, Cand *c) 
     return c[m - 1].i;
 }
 
+/* ---- the calculator ------------------------------------------------------------------- */
+/* minillm.tools.calculate in C: its grammar, limits and messages, so a call gets the same result
+ * from either runtime (tests/test_tools.py compares them call by call). expr := term (("+" | "-")
+ * term)*; term := factor ("*" factor)*; factor := "-" factor | "(" expr ")" | digits.
+ * Python's integers are unbounded and int64 stops at 19 digits, so values are __int128 (gcc,
+ * clang), and one past 38 digits sets `big` instead of overflowing. That changes no result: 39
+ * digits take 39 of a call's 40 characters, leaving no room to come back under 31 digits, so
+ * Python says "more than 30 digits" too (or the same syntax error: parsing goes on here). */
+enum { MAX_CALL_CHARS = 40, MAX_RESULT_DIGITS = 30 };
+__extension__ typedef __int128 Int;
+typedef struct { const char *s; int n, at, big; Int max; const char *err; } Calc;
+
+static int peek(Calc *c) { return c->at < c->n ? (unsigned char)c->s[c->at] : -1; }
+static Int checked(Calc *c, Int a, Int b, int times) {   /* a + b or a * b, within +-max */
+    Int m = c->max;
+    if (times ? a && b && (a < 0 ? -a : a) > m / (b < 0 ? -b : b)
+              : (b > 0 && a > m - b) || (b < 0 && a < -m - b)) return c->big = 1, 0;
+    return times ? a * b : a + b;
+}
+static Int number(Calc *c) {                   /* digits, ASCII only (Python's isdigit is wider) */
+    int start = c->at;
+    Int v = 0;
+    while (peek(c) >= '0' && peek(c) <= '9') v = checked(c, checked(c, v, 10, 1), c->s[c->at++] - '0', 0);
+    if (c->at == start) c->err = peek(c) >= 0 ? "a number was expected" : "a number was expected at the end";
+    return v;
+}
+static Int expr(Calc *c);
+static Int factor(Calc *c) {
+    if (c->err) return 0;
+    if (peek(c) == '-') { c->at++; return -factor(c); }
+    if (peek(c) != '(') return number(c);
+    c->at++;
+    Int v = expr(c);
+    if (!c->err && peek(c) != ')') c->err = "a parenthesis is not closed";
+    c->at++;
+    return v;
+}
+static Int term(Calc *c) {
+    Int v = factor(c);
+    while (!c->err && peek(c) == '*') { c->at++; v = checked(c, v, factor(c), 1); }
+    return v;
+}
+static Int expr(Calc *c) {
+    Int v = term(c);
+    while (!c->err && (peek(c) == '+' || peek(c) == '-')) {
+        int minus = c->s[c->at++] == '-'; Int w = term(c); v = checked(c, v, minus ? -w : w, 0); }
+    return v;
+}
+/* What the runtime writes after a call of len bytes: the value or "error: why", then "\n". */
+static void calc(const char *call, size_t len, char *out) {
+    char text[4 * MAX_CALL_CHARS + 4], why[64] = "", digits[48];
+    int n = 0, chars = 0, k = 0;
+    for (size_t i = 0; i < len; i++) {         /* spaces dropped; characters counted, not bytes */
+        if (call[i] == ' ') continue;
+        chars += (call[i] & 0xC0) != 0x80;
+        if (n < (int)sizeof text - 1) text[n++] = call[i];
+    }
+    Calc c = {text, n, 0, 0, 1, NULL};
+    Int v = 0, limit = 1;                        /* limit: 10^30; c.max: the largest 38 digits */
+    for (int i = 0; i < 38; i++) { c.max *= 10; limit *= i < MAX_RESULT_DIGITS ? 10 : 1; } c.max--;
+    if (!chars) c.err = "the call is empty";
+    else if (chars > MAX_CALL_CHARS) sprintf(why, "the call is longer than %d characters", MAX_CALL_CHARS);
+    else if (v = expr(&c), !c.err && c.at < n) sprintf(why, "the call has more after character %d", c.at);
+    else if (!c.err && (c.big || v >= limit || v <= -limit)) sprintf(why, "the result has more than %d digits", MAX_RESULT_DIGITS);
+    if (c.err || why[0]) { sprintf(out, "error: %s\n", c.err ? c.err : why); return; }
+    Int m = v < 0 ? -v : v;
+    do digits[k++] = (char)('0' + (int)(m % 10)); while (m /= 10);
+    if (v < 0) *out++ = '-';
+    while (k) *out++ = digits[--k];
+    strcpy(out, "\n");
+}
+
 /* ---- text ----------------------------------------------------------------------------- */
 static int is_special(Model *M, int id) {
     for (int i = 0; i < M->n_special; i++) if (M->special[i] == id) return 1;
@@ -321,21 +398,38 @@ static void put(Model *M, int id, int as_ids) {
     fflush(stdout);
 }
 
+/* Write after ids[0..n) the result of the call the answer ids[P..n) has just closed: the text
+ * after its last <|calc|> (none: the empty call), as minillm.tools.pending_call reads it.
+ * Returns the result's length in tokens, or -1 if the model lacks one of its characters. */
+static int answer(Model *M, int *ids, int P, int n) {
+    int from = n - 1; size_t len = 0; char result[96];
+    for (int i = n - 2; i >= P; i--) if (ids[i] == M->open) { from = i + 1; break; }
+    for (int i = from; i < n - 1; i++) len += ids[i] < M->n_tokens ? (size_t)M->tok_len[ids[i]] : 0;
+    char *call = alloc(len), *at = call;
+    for (int i = from; i < n - 1; i++) if (ids[i] < M->n_tokens) at = (char *)memcpy(at, M->tok[ids[i]], (size_t)M->tok_len[ids[i]]) + M->tok_len[ids[i]];
+    calc(call, len, result);
+    free(call);
+    return encode(M, result, ids + n);
+}
+
 /* Generate after ids[0..P) (up to max_new tokens, written to ids[P..]) with the window policy
- * at the top of the file; stop early at a special token if stop_special. Returns the count. */
+ * at the top of the file; stop early at a special token if stop_special, but not at <|calc|>: a
+ * call is answered, and the cache then takes every token it has not seen. Returns the count. */
 static int generate(Model *M, int *ids, int P, int max_new, float temp, int top_k, float top_p,
                     int stop_special, int as_ids, Cand *c) {
-    int bs = M->T, slide = bs / 4 > 1 ? bs / 4 : 1, s = P > bs ? P - bs : 0, n = P, made = 0;
-    for (int i = s; i < P; i++) step(M, ids[i], i - s);
+    int bs = M->T, slide = bs / 4 > 1 ? bs / 4 : 1, s = P > bs ? P - bs : 0, n = P, fed = s, made = 0;
     while (made < max_new) {
-        if (made) {
-            if (n - s <= bs) step(M, ids[n - 1], n - 1 - s);
-            else { s = n - (bs - slide); for (int i = s; i < n; i++) step(M, ids[i], i - s); }
-        }
+        if (n - s > bs) fed = s = n - (bs - slide);   /* slide: rebuild the cache from the window */
+        for (; fed < n; fed++) step(M, ids[fed], fed - s);
         int next = sample(M, temp, top_k, top_p, c);
         ids[n++] = next; made++;
-        if (stop_special && is_special(M, next)) break;
+        if (stop_special && is_special(M, next) && next != M->open && next != M->close) break;
         put(M, next, as_ids);
+        if (next == M->close) {          /* a call: its result goes in, and the model goes on */
+            int r = answer(M, ids, P, n);
+            if (r < 0) break;                   /* a character the model lacks (said on stderr) */
+            for (int i = 0; i < r && made < max_new; i++, made++) put(M, ids[n++], as_ids);
+        }
     }
     return made;
 }
@@ -365,6 +459,8 @@ int main(int argc, char **argv) {
     }
     Model M; memset(&M, 0, sizeof M);
     load(&M, argv[1]);
+    M.open = special_id(&M, "<|calc|>"); M.close = special_id(&M, "<|/calc|>");
+    if (M.open < 0 || M.close < 0 || M.tokenizer != 1) M.open = M.close = -1; /* results are typed by characters */
     if (max_new < 0 || top_p <= 0 || top_p > 1) die("-n must be >= 0 and -P in (0, 1].");
     Cand *c = alloc(sizeof(Cand) * (size_t)M.V);
     size_t cap = strlen(prompt) + (id_list ? strlen(id_list) : 0) + 8192 + (size_t)max_new;

@@ -30,8 +30,6 @@ The course's tokenizers had no such tokens (nor most digits: tiny Shakespeare ha
 
 from __future__ import annotations
 
-from minillm.model import grow_vocabulary
-
 CALL, CALL_END = "<|calc|>", "<|/calc|>"
 TOOL_TOKENS = [CALL, CALL_END]
 # What a call and its answer are written with, beyond the corpus's characters.
@@ -172,5 +170,9 @@ def with_tool_tokens(model, tokenizer):
     """(model, tokenizer) able to write calls: the character tokenizer grown by ``TOOL_CHARS``
     and ``TOOL_TOKENS`` (old ids unchanged), and a copy of ``model`` with an embedding row for
     each new token (``minillm.model.grow_vocabulary``). ``model`` itself is left as it was."""
+    # Imported here, not at the top, so that the calculator and the tool loop need no PyTorch:
+    # minillm.numpy_runner answers calls with them.
+    from minillm.model import grow_vocabulary
+
     grown = tokenizer.with_tokens(TOOL_CHARS, TOOL_TOKENS)
     return grow_vocabulary(model, grown.vocab_size), grown

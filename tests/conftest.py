@@ -1,3 +1,6 @@
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -17,6 +20,22 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(slow)
+
+
+@pytest.fixture(scope="session")
+def compile_c():
+    """A function that builds a C file as the tests hold run.c to it (C99, every warning an
+    error) and returns the binary's path; the test is skipped on a machine without a compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        pytest.skip("No C compiler (cc) on this machine, so run.c cannot be built and tested.")
+
+    def build(source, binary):
+        subprocess.run([compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                        "-o", str(binary), str(source), "-lm"], check=True, capture_output=True)
+        return binary
+
+    return build
 
 
 @pytest.fixture(scope="session")

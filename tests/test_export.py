@@ -267,14 +267,8 @@ def test_run_c_is_under_500_lines_and_ships_with_the_package():
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        pytest.skip("No C compiler (cc) on this machine, so run.c cannot be built and tested.")
-    binary = tmp_path_factory.mktemp("c") / "run"
-    subprocess.run([compiler, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
-                    "-o", str(binary), str(RUN_C), "-lm"], check=True, capture_output=True)
-    return binary
+def runner(tmp_path_factory, compile_c) -> Path:
+    return compile_c(RUN_C, tmp_path_factory.mktemp("c") / "run")
 
 
 def run(runner, model_file, *args, stdin=None, text=True) -> subprocess.CompletedProcess:
@@ -405,3 +399,91 @@ def test_a_model_without_tokenizer_runs_from_ids(tmp_path, tok, runner):
     assert refused.returncode == 1 and "has no tokenizer" in refused.stderr
     with pytest.raises(ValueError, match="holds no tokenizer"):
         ex.encode_prompt(back, "ROMEO:")
+
+
+# ---- tools: calculator calls answered by the runners (lesson 10) --------------------------
+
+def test_the_numpy_runner_needs_no_pytorch():
+    finished = subprocess.run([sys.executable, "-c", "import sys, minillm.numpy_runner; "
+                               "print(sorted(m for m in sys.modules if m.startswith('torch')))"],
+                              capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 0 and finished.stdout.strip() == "[]", finished
+
+
+def scripted_model(prompt: list[int], script: list[int], vocab_size: int) -> GPT:
+    """A GPT that writes ``script`` after ``prompt`` whatever it reads: each position's embedding
+    is one-hot and every other weight is zero, so the last norm sees only the position, and the
+    output layer maps position p to the token ``prompt + script`` has at p + 1."""
+    full = prompt + script
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=128, n_layer=1, n_head=2,
+                          n_embd=128, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0 if re.search(r"norm.*weight", name) else 0.0)
+        model.pos_emb.weight.copy_(torch.eye(128))
+        for position, token in enumerate(full[1:]):
+            model.lm_head.weight[token, position] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("max_new", [200, 20, 5])
+def test_the_runners_answer_calls_as_respond_does(tmp_path, runner, max_new):
+    """A close without an open, a malformed call and a good one, each answered with the result
+    ``respond`` forces in (the model itself would write "?" there), in C, in NumPy and in
+    ``sample_answers``, token for token; a short budget cuts a result (20) or leaves a call
+    unanswered (5), alike in all three."""
+    from minillm.chat import sample_answers
+    from minillm.tools import CALL, CALL_END, TOOL_CHARS, TOOL_TOKENS, tool_result
+
+    tok = artifacts.char_tokenizer().with_tokens(TOOL_CHARS, TOOL_TOKENS)
+    message = "How many are 2 and 3?"
+    calls = [CALL_END, f"{CALL}37+{CALL_END}", f"So {CALL}2*(3+4){CALL_END}"]
+    results = [tool_result(""), tool_result("37+"), tool_result("2*(3+4)")]
+    written = "".join(c + "?" * len(r) for c, r in zip(calls, results)) + "Ok.<|end|>"
+    prompt = prompt_ids([{"role": "user", "content": message}], tok)
+    model = scripted_model(prompt, tok.encode(written, allowed_special="all"), tok.vocab_size)
+    _, [want] = sample_answers(model, tok, [message], max_new, temperature=0)
+    if max_new == 200:
+        assert tok.decode(want) == "".join(c + r for c, r in zip(calls, results)) + "Ok.<|end|>"
+    file = exported(tmp_path, model, tok)
+    stops = set(tok.special_tokens.values()) - set(tok.special_tokens[t] for t in TOOL_TOKENS)
+    assert nr.generate(ex.read_export(file), prompt, max_new, stop=stops) == want
+    finished = run(runner, file, "-c", "-t", "0", "-n", str(max_new), "-I", stdin=message + "\n")
+    assert finished.returncode == 0, finished.stderr
+    line = finished.stdout.removeprefix("model> ")
+    ended = want[-1] == tok.special_tokens["<|end|>"]
+    assert line.split("[")[0].split() == [str(t) for t in (want[:-1] if ended else want)]
+    assert line.rstrip().endswith("[no end of turn]") != ended
+    if max_new == 200:  # as text, the results are printed where they go
+        text = run(runner, file, "-c", "-t", "0", "-n", "200", stdin=message + "\n").stdout
+        assert text == "model> " + tok.decode(want[:-1]) + "\n"
+
+
+@pytest.mark.slow
+def test_lesson_10s_tool_assistant_answers_alike_in_c_numpy_and_respond(tmp_path, runner):
+    """Lesson 10's tool assistant (made first if missing; in CI the lessons, which run before the
+    tests, have made it): its greedy answers to held-out sums of each size and to a 4-digit one,
+    calls and results included, are the same tokens from ``respond``, NumPy and C."""
+    from minillm.arithmetic import question
+    from minillm.chat import sample_answers
+    from minillm.tools import CALL_END, TOOL_TOKENS
+
+    checkpoint = artifacts.tools_model("tool")
+    model, tok = checkpoint.model.cpu().eval(), checkpoint.tokenizer
+    held_out = artifacts.arithmetic_data("tool").questions
+    sums = [q for d in (1, 2, 3) for q in [q for q in held_out if q["digits"] == d][:2]]
+    messages = [q["prompt"] for q in sums + [question(1234, 5678)]]
+    _, want = sample_answers(model, tok, messages, 40, temperature=0)
+    assert all(tok.special_tokens[CALL_END] in answer for answer in want[:-1])  # the tool is used
+    file = exported(tmp_path, model, tok)
+    back = ex.read_export(file)
+    stops = set(tok.special_tokens.values()) - set(tok.special_tokens[t] for t in TOOL_TOKENS)
+    prompts = [prompt_ids([{"role": "user", "content": m}], tok) for m in messages]
+    assert [nr.generate(back, p, 40, stop=stops) for p in prompts] == want
+    finished = run(runner, file, "-c", "-t", "0", "-n", "40", "-I",
+                   stdin="\n".join(messages) + "\n")
+    assert finished.returncode == 0, finished.stderr
+    lines = [line.removeprefix("model> ") for line in finished.stdout.splitlines()]
+    end = tok.special_tokens["<|end|>"]
+    assert [line.split("[")[0].split() for line in lines] == \
+        [[str(t) for t in (a[:-1] if a[-1] == end else a)] for a in want]

@@ -3,6 +3,8 @@ tool loop in generation, voting, and GRPO with a verifiable reward."""
 
 import json
 import random
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +37,8 @@ from minillm.tools import (
 )
 from minillm.train import TrainConfig
 
+RUN_C = Path(__file__).resolve().parent.parent / "minillm" / "run.c"
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -61,6 +65,59 @@ def test_a_malformed_call_raises_calc_error_and_gets_an_error_result(call):
     with pytest.raises(CalcError):
         calculate(call)
     assert tool_result(call).startswith("error: ")
+
+
+@pytest.fixture(scope="module")
+def c_calculator(tmp_path_factory, compile_c):
+    """run.c's calc(), built alone: each argument is a call, each output line its result."""
+    folder = tmp_path_factory.mktemp("calc")
+    harness = folder / "calc.c"
+    harness.write_text(f'#define main run_main\n#include "{RUN_C}"\n#undef main\n'
+                       "int main(int argc, char **argv) {\n"
+                       "    char out[96];\n"
+                       "    for (int i = 1; i < argc; i++) { calc(argv[i], strlen(argv[i]), out); "
+                       "fputs(out, stdout); }\n"
+                       "    return 0;\n}\n")
+    binary = compile_c(harness, folder / "calc")
+
+    def results(calls):
+        finished = subprocess.run([str(binary), *calls], capture_output=True, timeout=60)
+        assert finished.returncode == 0, finished.stderr
+        return [line + "\n" for line in finished.stdout.decode("utf-8").split("\n")[:-1]]
+
+    return results
+
+
+# Calls on every path of the grammar, each limit and its edge. Values: 30 digits is the most a
+# result may have, a call's 40 characters can hold a 39- or 40-digit number (past int64 and
+# __int128 alike), and a 38-digit number times 0 is 0.
+EDGE_CALLS = [
+    "37+48", "2*(3+4)-5", "-7+10", "1 + 2 * 3", "(((4)))", "10-2-3", "--5", "-(-(3))", "007",
+    "0*-0", "3*-2", "999*999*999", "1 2", " 4 ", "9" * 30, "-" + "9" * 30, "9" * 31,
+    "1" + "0" * 29 + "*10", "99999999999999999999*9999999999", "9" * 31 + "*0", "9" * 38 + "*0",
+    "9" * 38 + "+9", "-" + "9" * 39, "9" * 39 + "*", "(" + "9" * 39, "9" * 40, "9" * 41,
+    "99999999999999999999*9999999999999999999", "-99999999999999999999*9999999999999999999",
+    "9" * 19 + "*" + "9" * 19 + "-1", "(" + "9" * 38 + ")",
+    "", " ", "1+", "+1", "1+*2", "()", "(1+2", "1)", "1+1)", "12ab", "__import__('os')",
+    "2**3", "1/2", "1e5", "٣+1", "é" * 40, "é" * 41, "1+é", "\t1", "1\n", "a" * 50,
+    "(" * 30 + "1" + ")" * 30, "(" * 19 + "1" + ")" * 19, "<|calc|>1", "1<|/calc|>2",
+]
+
+
+def test_the_c_runners_calculator_answers_every_call_as_python_does(c_calculator):
+    rng = random.Random(0)
+    alphabet = "0123456789+-*() 9é"
+    fuzzed = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 44)))
+              for _ in range(400)]
+    calls = EDGE_CALLS + fuzzed
+    c, python = c_calculator(calls), [tool_result(call) for call in calls]
+    assert len(c) == len(calls)
+    differ = [(call, want, got) for call, want, got in zip(calls, python, c) if want != got]
+    assert not differ, differ[:5]
+    # The table reaches every kind of result, so it tests every message, not one.
+    kinds = {r.split(" ")[0] if r.startswith("error") else "a value" for r in python}
+    messages = {r.rstrip("0123456789\n") for r in python if r.startswith("error")}
+    assert kinds == {"error:", "a value"} and len(messages) == 7, messages
 
 
 def test_tool_results_never_raise_and_are_writable_by_the_character_tokenizer(tok):
