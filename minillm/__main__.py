@@ -188,7 +188,7 @@ def rlhf_command(args: argparse.Namespace) -> None:
 def pipeline_command(args: argparse.Namespace) -> None:
     from minillm.pipeline import run_pipeline
 
-    run_pipeline(args.profile, args.force or ())
+    run_pipeline(args.profile, args.force or (), args.base)
 
 
 def scaling_command(args: argparse.Namespace) -> None:
@@ -484,6 +484,11 @@ def _add_pipeline(stages, shared) -> None:
     pipe.add_argument("--force", action="append", metavar="STAGE", choices=STAGES,
                       help="redo this stage and those made from it, even if their artifacts "
                            "exist (repeatable)")
+    pipe.add_argument("--base", default="char", metavar="BASE",
+                      help="what the assistant starts from: char (default: lesson 02's model, "
+                           "trained first), gpt2 (or gpt2-medium, -large, -xl: OpenAI's weights, "
+                           "downloaded by transformers; for a GPU), or a folder holding a saved "
+                           "GPT2LMHeadModel")
     pipe.set_defaults(run=pipeline_command)
 
 

@@ -8,6 +8,13 @@ The ``train_*``/``make_*`` functions a lesson calls to make its own artifact tra
 unless ``MINILLM_REUSE=1`` is set, the artifact exists and the recipe is not overridden: then
 a run of the training engine resumes from its checkpoint (a finished run trains no further
 step), and a PPO, GRPO or DPO policy is loaded, each with the history saved with it.
+
+The stages after pretraining (lessons 04-06) can also start from a published GPT-2 instead of
+lesson 02's model: ``base="gpt2"`` (or another of ``GPT2_MODELS``, or a folder where a
+``GPT2LMHeadModel`` was saved) makes GPT-2 the base model, with GPT-2's tokenizer grown by the
+chat tokens (``gpt2_base_model``), and every artifact made from it is named for that base
+("sft-gpt2-full.pt" beside lesson 04's "sft-char-full.pt"). Each checkpoint carries its
+tokenizer, so every later stage reads text the way its model does.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 import torch
 
 from minillm.arithmetic import ArithmeticData, make_arithmetic_data, verifiable_reward
-from minillm.chat import SPECIAL_TOKENS
+from minillm.chat import SPECIAL_TOKENS, chat_ids
 from minillm.checkpoint import (
     BASE,
     GRPO,
@@ -29,9 +36,16 @@ from minillm.checkpoint import (
 )
 from minillm.data import char_tokenizer, load_shakespeare
 from minillm.dpo import dpo
-from minillm.model import GPT
+from minillm.model import GPT, GPT2_MODELS, grow_vocabulary
 from minillm.ppo import ppo
-from minillm.recipes import base_recipe, reward_recipe, rlhf_recipe, sft_recipe, tools_recipe
+from minillm.recipes import (
+    GPT2_BLOCK_SIZE,
+    base_recipe,
+    reward_recipe,
+    rlhf_recipe,
+    sft_recipe,
+    tools_recipe,
+)
 from minillm.reward import (
     PreferenceData,
     load_reward_model,
@@ -45,6 +59,7 @@ from minillm.tools import with_tool_tokens
 from minillm.train import TrainConfig, train
 
 TOKENIZER_VOCAB = {"quick": 1024, "full": 4096}
+CHAR = "char"  # the default base: lesson 02's character-level model of tiny Shakespeare
 
 
 def tokenizer_path(vocab_size: int) -> Path:
@@ -87,8 +102,24 @@ def shakespeare_splits(tokenizer, val_fraction: float = 0.1):
     return ids[:split], ids[split:]
 
 
-def base_model_path(profile_name: str | None = None) -> Path:
-    return home_dir() / f"base-char-{profile_name or profile()}.pt"
+def base_tag(base) -> str:
+    """The name of ``base`` in its artifacts' file names: "char" (lesson 02's model), the
+    GPT-2 model's name ("gpt2", ...), or the name of the folder a GPT-2 was saved in."""
+    if base == CHAR or base in GPT2_MODELS:
+        return base
+    if isinstance(base, str | Path) and Path(base).is_dir():
+        return Path(base).resolve().name
+    raise ValueError(f"The base model is {CHAR!r} (lesson 02's), a published GPT-2 "
+                     f"({', '.join(GPT2_MODELS)}) or a folder holding a saved "
+                     f"GPT2LMHeadModel, not {base!r}.")
+
+
+def _artifact(kind: str, profile_name: str | None, base, suffix: str = ".pt") -> Path:
+    return home_dir() / f"{kind}-{base_tag(base)}-{profile_name or profile()}{suffix}"
+
+
+def base_model_path(profile_name: str | None = None, base=CHAR) -> Path:
+    return _artifact("base", profile_name, base)
 
 
 def train_base_model(profile_name: str | None = None, **overrides):
@@ -106,85 +137,131 @@ def train_base_model(profile_name: str | None = None, **overrides):
     return model, history
 
 
-def base_model(profile_name: str | None = None) -> Checkpoint:
-    """Lesson 02's pretrained base model (with its tokenizer), trained first if missing."""
-    path = base_model_path(profile_name)
+def base_model(profile_name: str | None = None, base=CHAR) -> Checkpoint:
+    """Lesson 02's pretrained base model (with its tokenizer), trained first if missing; with
+    a GPT-2 ``base``, that GPT-2 ready for the chat template (``gpt2_base_model``)."""
+    path = base_model_path(profile_name, base)
     if not path.is_file():
-        train_base_model(profile_name)
+        if base == CHAR:
+            train_base_model(profile_name)
+        else:
+            gpt2_base_model(base, profile_name)
     return load_checkpoint(path, device=pick_device())
+
+
+def gpt2_tokenizer_path() -> Path:
+    return home_dir() / "tokenizer-gpt2-chat.json"
+
+
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's byte-level BPE (tiktoken's "gpt2" encoding, ids 0-50256, 50256 its
+    ``<|endoftext|>``) with the chat template's tokens after it (ids 50257-50259)."""
+    path = gpt2_tokenizer_path()
+    if path.is_file():
+        return Tokenizer.load(path)
+    import tiktoken
+
+    gpt2 = Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))
+    tok = gpt2.with_tokens(special_tokens=SPECIAL_TOKENS)
+    tok.save(path)
+    return tok
+
+
+def gpt2_base_model(base: str = "gpt2", profile_name: str | None = None) -> GPT:
+    """A published GPT-2 (or a ``GPT2LMHeadModel`` saved in the folder ``base``) as the base
+    model of the later stages, saved as their base artifact with ``gpt2_tokenizer``.
+
+    Two changes make it fit the course: its context is cut to ``GPT2_BLOCK_SIZE`` positions
+    (the recipe says why), and its vocabulary grows by the chat tokens, whose new embedding
+    rows start near the mean of GPT-2's (``grow_vocabulary``), so that before finetuning
+    they are as likely as an ordinary token rather than far likelier or unreachable.
+    """
+    path = base_model_path(profile_name, base)
+    tok = gpt2_tokenizer()
+    model = GPT.from_pretrained(base, block_size=GPT2_BLOCK_SIZE)
+    gpt2_ids = min(chat_ids(tok).values())  # GPT-2's own ids are those before the chat tokens
+    if model.config.vocab_size != gpt2_ids:
+        raise ValueError(f"{base} reads {model.config.vocab_size:,} tokens, but GPT-2's "
+                         f"tokenizer has {gpt2_ids:,}: it is not a GPT-2 that tokenizer fits.")
+    model = grow_vocabulary(model, tok.vocab_size)
+    save_checkpoint(path, model, tok, stage=BASE, pretrained=str(base))
+    return model
 
 
 # ---- lesson 04: the finetuned assistant ----------------------------------------------------
 
-def sft_model_path(profile_name: str | None = None) -> Path:
-    return home_dir() / f"sft-char-{profile_name or profile()}.pt"
+def sft_model_path(profile_name: str | None = None, base=CHAR) -> Path:
+    return _artifact("sft", profile_name, base)
 
 
-def train_sft_model(profile_name: str | None = None, **overrides):
-    """Finetune lesson 02's base model with the profile's SFT recipe and save the result as the
-    lesson 04 artifact. Returns (model, history); ``overrides`` replace TrainConfig fields."""
-    run = _engine_run(sft_recipe(profile_name), sft_model_path(profile_name), overrides)
-    return sft(base_model(profile_name), run)
+def train_sft_model(profile_name: str | None = None, base=CHAR, **overrides):
+    """Finetune lesson 02's base model (or the GPT-2 ``base``) with the profile's SFT recipe
+    and save the result as the lesson 04 artifact. Returns (model, history); ``overrides``
+    replace TrainConfig fields."""
+    run = _engine_run(sft_recipe(profile_name), sft_model_path(profile_name, base), overrides)
+    return sft(base_model(profile_name, base), run)
 
 
-def sft_model(profile_name: str | None = None) -> Checkpoint:
+def sft_model(profile_name: str | None = None, base=CHAR) -> Checkpoint:
     """Lesson 04's finetuned assistant (with its tokenizer), made first if missing (and the base
     model before it, if that is missing too)."""
-    path = sft_model_path(profile_name)
+    path = sft_model_path(profile_name, base)
     if not path.is_file():
-        train_sft_model(profile_name)
+        train_sft_model(profile_name, base)
     return load_checkpoint(path, device=pick_device())
 
 
 # ---- lesson 05: the reward model -----------------------------------------------------------
 
-def preference_data_path(profile_name: str | None = None) -> Path:
-    return home_dir() / f"preferences-char-{profile_name or profile()}.json"
+def preference_data_path(profile_name: str | None = None, base=CHAR) -> Path:
+    return _artifact("preferences", profile_name, base, ".json")
 
 
-def preference_data(profile_name: str | None = None) -> PreferenceData:
+def preference_data(profile_name: str | None = None, base=CHAR) -> PreferenceData:
     """Lesson 05's comparisons: answers of the SFT model, labeled pair by pair by the simulated
     labeler; made first if missing (and the SFT model before them, if that is missing too)."""
-    path = preference_data_path(profile_name)
+    path = preference_data_path(profile_name, base)
     if path.is_file():
         return PreferenceData.load(path)
-    assistant = sft_model(profile_name)
+    assistant = sft_model(profile_name, base)
     data = make_preference_data(assistant.model, assistant.tokenizer,
                                 reward_recipe(profile_name)[0])
     data.save(path)
     return data
 
 
-def reward_model_path(profile_name: str | None = None) -> Path:
-    return home_dir() / f"reward-char-{profile_name or profile()}.pt"
+def reward_model_path(profile_name: str | None = None, base=CHAR) -> Path:
+    return _artifact("reward", profile_name, base)
 
 
-def make_reward_model(profile_name: str | None = None, **overrides):
+def make_reward_model(profile_name: str | None = None, base=CHAR, **overrides):
     """Train a reward model on lesson 05's comparisons with the profile's recipe, its backbone
     starting from the SFT model (see ``reward_recipe``), and save it as the lesson 05 artifact.
 
     Returns (model, history); ``overrides`` replace TrainConfig fields.
     """
-    run = _engine_run(reward_recipe(profile_name)[1], reward_model_path(profile_name), overrides)
-    return train_reward_model(sft_model(profile_name), preference_data(profile_name), run)
+    run = _engine_run(reward_recipe(profile_name)[1], reward_model_path(profile_name, base),
+                      overrides)
+    return train_reward_model(sft_model(profile_name, base), preference_data(profile_name, base),
+                              run)
 
 
-def reward_model(profile_name: str | None = None) -> Checkpoint:
+def reward_model(profile_name: str | None = None, base=CHAR) -> Checkpoint:
     """Lesson 05's reward model (with its tokenizer), made first if missing (and the comparisons,
     the SFT model and the base model before it, if they are missing too)."""
-    path = reward_model_path(profile_name)
+    path = reward_model_path(profile_name, base)
     if not path.is_file():
-        make_reward_model(profile_name)
+        make_reward_model(profile_name, base)
     return load_reward_model(path, device=pick_device())
 
 
 # ---- lesson 06: the RLHF-tuned assistants ---------------------------------------------------
 
-def rlhf_policy_path(method: str, profile_name: str | None = None) -> Path:
-    return home_dir() / f"{method}-char-{profile_name or profile()}.pt"
+def rlhf_policy_path(method: str, profile_name: str | None = None, base=CHAR) -> Path:
+    return _artifact(method, profile_name, base)
 
 
-def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
+def make_rlhf_policy(method: str, profile_name: str | None = None, base=CHAR, **overrides):
     """Tune lesson 04's SFT model with the profile's ``method`` recipe and save it as a lesson 06
     artifact: "ppo" or "grpo" against lesson 05's reward model, "dpo" on lesson 05's training
     comparisons.
@@ -194,26 +271,26 @@ def make_rlhf_policy(method: str, profile_name: str | None = None, **overrides):
     """
     if method not in TUNED_POLICIES:
         raise ValueError(f"The method is one of {', '.join(TUNED_POLICIES)}, not {method!r}.")
-    path = rlhf_policy_path(method, profile_name)
+    path = rlhf_policy_path(method, profile_name, base)
     if reusing(path, overrides):
         saved = load_checkpoint(path, device=pick_device())
         return saved.model, saved.state["history"]
     config = replace(rlhf_recipe(method, profile_name), **overrides)
-    assistant = sft_model(profile_name)
+    assistant = sft_model(profile_name, base)
     if method == "dpo":
-        policy, history = dpo(assistant, preference_data(profile_name).train, config)
+        policy, history = dpo(assistant, preference_data(profile_name, base).train, config)
     else:
-        policy, history, _ = ppo(assistant, reward_model(profile_name).model, config)
+        policy, history, _ = ppo(assistant, reward_model(profile_name, base).model, config)
     save_checkpoint(path, policy, assistant.tokenizer, stage=method, history=history)
     return policy, history
 
 
-def rlhf_policy(method: str, profile_name: str | None = None) -> Checkpoint:
+def rlhf_policy(method: str, profile_name: str | None = None, base=CHAR) -> Checkpoint:
     """Lesson 06's PPO, GRPO or DPO assistant (with its tokenizer), made first if missing (and
     what it needs before it, if that is missing too)."""
-    path = rlhf_policy_path(method, profile_name)
+    path = rlhf_policy_path(method, profile_name, base)
     if not path.is_file():
-        make_rlhf_policy(method, profile_name)
+        make_rlhf_policy(method, profile_name, base)
     return load_checkpoint(path, device=pick_device())
 
 

@@ -34,7 +34,7 @@ from minillm.hardware import callers_rng_kept
 from minillm.history import open_log, record
 from minillm.lora import AdaptersOff, LoRAConfig, adapters_disabled, add_adapters, unload
 from minillm.model import GPT
-from minillm.policy import Monitor, rollout, sequence_kl, token_logprobs
+from minillm.policy import Monitor, rollout, rows_per_pass, sequence_kl, token_logprobs
 from minillm.reward import encode_responses
 from minillm.settings import pick_device
 from minillm.train import optimizer_step, warmup_lr
@@ -181,9 +181,12 @@ def dpo_step(policy: GPT, optimizer: torch.optim.Optimizer, ids: torch.Tensor,
 @torch.no_grad()
 def reference_logprobs(model: GPT, ids: torch.Tensor, mask: torch.Tensor,
                        batch_size: int = 512) -> torch.Tensor:
-    """``answer_logprobs`` of every answer under ``model`` in eval mode, computed once."""
+    """``answer_logprobs`` of every answer under ``model`` in eval mode, computed once, at most
+    ``batch_size`` answers at a time (fewer where their logits would outgrow
+    ``minillm.policy.LOGITS_PER_PASS``: GPT-2's vocabulary)."""
     was_training = model.training
     model.eval()
+    batch_size = rows_per_pass(model, ids.size(1), batch_size)
     logp = torch.cat([answer_logprobs(model, ids[k:k + batch_size], mask[k:k + batch_size])
                       for k in range(0, len(ids), batch_size)])
     model.train(was_training)

@@ -18,8 +18,10 @@ What the later stages rely on:
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -278,33 +280,40 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
 
     @classmethod
-    def from_pretrained(cls, name) -> GPT:
+    def from_pretrained(cls, name, block_size: int | None = None) -> GPT:
         """GPT-2's published weights (``GPT2_MODELS``: "gpt2", the 124M model, to "gpt2-xl") as a
         minillm GPT, in eval mode; its tokenizer is tiktoken's "gpt2" encoding, e.g.
         ``minillm.tokenizer.Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))``.
 
         Needs the optional ``transformers`` package (``pip install -e '.[hf]'``), which
-        downloads the weights once into its cache. ``name`` may also be a Hugging Face
-        ``GPT2LMHeadModel`` already in memory: the same conversion, with no download (the tests
-        load a small random one this way). The logits equal Hugging Face's to float rounding.
+        downloads the weights once into its cache. ``name`` may also be a folder where a
+        ``GPT2LMHeadModel`` was saved (``save_pretrained``), or such a model already in memory:
+        the same conversion, with no download (the tests use small random ones). The logits
+        equal Hugging Face's to float rounding.
+
+        ``block_size`` keeps only the first positions of GPT-2's 1024 (as nanoGPT's
+        ``crop_block_size`` does): a shorter context costs nothing on short texts, and the KV
+        cache of generation shrinks in proportion.
 
         Example::
 
             >>> model = GPT.from_pretrained("gpt2")
             >>> model.num_params()
             124439808
+            >>> GPT.from_pretrained("gpt2", block_size=256).config.block_size
+            256
         """
-        if isinstance(name, str):
-            if name not in GPT2_MODELS:
+        if isinstance(name, str | os.PathLike):
+            if name not in GPT2_MODELS and not Path(name).is_dir():
                 raise ValueError(f"The published GPT-2 models are {', '.join(GPT2_MODELS)}; "
-                                 f"there is no {name!r}.")
+                                 f"there is no {str(name)!r} (nor a folder of that name).")
             try:
                 from transformers import GPT2LMHeadModel
             except ImportError:
                 raise ImportError("GPT.from_pretrained needs the transformers package: "
                                   "pip install -e '.[hf]'.") from None
             name = GPT2LMHeadModel.from_pretrained(name)
-        return _from_gpt2(name)
+        return _from_gpt2(name, block_size)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """The number of parameters (a tied matrix counts once).
@@ -488,9 +497,14 @@ _GPT2_NAMES = {"wte": "tok_emb", "wpe": "pos_emb", "ln_f": "norm_f", "ln_1": "no
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
-def _from_gpt2(hf_model) -> GPT:
-    """A GPT with the weights of a Hugging Face ``GPT2LMHeadModel``."""
+def _from_gpt2(hf_model, block_size: int | None = None) -> GPT:
+    """A GPT with the weights of a Hugging Face ``GPT2LMHeadModel`` (and its first
+    ``block_size`` positions, if given)."""
     c = hf_model.config
+    block_size = c.n_positions if block_size is None else block_size
+    if not (isinstance(block_size, int) and 1 <= block_size <= c.n_positions):
+        raise ValueError(f"block_size keeps some of the model's {c.n_positions} positions: it "
+                         f"must be an integer from 1 to {c.n_positions}, not {block_size!r}.")
     unsupported = {"activation_function": c.activation_function not in _GPT2_ACTIVATIONS,
                    "n_inner": c.n_inner not in (None, 4 * c.n_embd),
                    "layer_norm_epsilon": c.layer_norm_epsilon != 1e-5,  # nn.LayerNorm's
@@ -500,7 +514,7 @@ def _from_gpt2(hf_model) -> GPT:
     if differs:
         raise ValueError(f"This GPT-2 variant's {', '.join(differs)} differs from GPT-2's, "
                          f"which minillm's GPT implements.")
-    config = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
+    config = GPTConfig(vocab_size=c.vocab_size, block_size=block_size, n_layer=c.n_layer,
                        n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, bias=True,
                        mlp=_GPT2_ACTIVATIONS[c.activation_function], tie_embeddings=True)
     state = {}
@@ -517,6 +531,8 @@ def _from_gpt2(hf_model) -> GPT:
         # transpose of nn.Linear's (out, in).
         if name.endswith(("qkv.weight", "proj.weight", "fc.weight")):
             value = value.t()
+        if name == "pos_emb.weight":  # a shorter context needs only the first positions
+            value = value[:block_size]
         state[name] = value
     model = GPT(config)
     model.load_state_dict(state)

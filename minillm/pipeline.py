@@ -15,6 +15,12 @@ stage, made or reused, means a second run costs only the measurements (under a m
 
 Redoing a stage (``force``) redoes the stages made from it too: a new base model makes the old
 assistant, comparisons, reward model and policies stale.
+
+``--base gpt2`` (``run_pipeline(base="gpt2")``) starts the assistant from OpenAI's GPT-2 instead
+of lesson 02's model: the tokenizer stage makes GPT-2's tokenizer with the chat tokens, the
+pretrain stage trains nothing but loads GPT-2 and grows it by them
+(``artifacts.gpt2_base_model``), and the later stages run their recipes on it as they do on the
+Shakespeare model, into artifacts named for the base ("sft-gpt2-full.pt").
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from minillm import artifacts
 from minillm.arithmetic import FORMATS
+from minillm.artifacts import CHAR
 from minillm.data import load_shakespeare
 from minillm.evaluate import (
     SFTReference,
@@ -42,6 +51,7 @@ from minillm.files import atomic_write
 from minillm.policy import answer_prompts
 from minillm.reasoning import accuracy_by_digits, rl_gain, self_consistency, solve
 from minillm.settings import PROFILES, home_dir, profile
+from minillm.train import bits_per_char, estimate_loss
 from minillm.world import WEIGHTS, make_sft_data
 
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
@@ -98,36 +108,52 @@ def make_unless_present(path: Path, make: Callable[[], object], force: bool = Fa
 
 # ----------------------------------------------------------------------------- the stages
 
-def tokenizer_stage(profile_name: str, force: bool = False) -> StageResult:
+def held_out_text() -> str:
+    """The last tenth of tiny Shakespeare, which no base model of the course trains on."""
+    text = load_shakespeare()
+    return text[int(0.9 * len(text)):]
+
+
+def tokenizer_stage(profile_name: str, force: bool = False, base=CHAR) -> StageResult:
     """Lesson 01's byte-level BPE tokenizer of tiny Shakespeare, and how much it compresses
     the held-out tenth of the corpus (characters per token; the later, character-level models
     use 1). The models of lessons 02-06 read characters (``artifacts.char_tokenizer``); the BPE
-    tokenizer is lesson 01's artifact, and the one ``prepare`` uses for token shards."""
-    vocab = artifacts.TOKENIZER_VOCAB[profile_name]
-    path = artifacts.tokenizer_path(vocab)
-    seconds = make_unless_present(path, lambda: artifacts.shakespeare_tokenizer(vocab), force)
-    tok = artifacts.shakespeare_tokenizer(vocab)
-    text = load_shakespeare()
-    held_out = text[int(0.9 * len(text)):]
+    tokenizer is lesson 01's artifact, and the one ``prepare`` uses for token shards.
+
+    With a GPT-2 ``base``: GPT-2's own BPE with the chat tokens appended
+    (``artifacts.gpt2_tokenizer``), the tokenizer that base and every model made from it read."""
+    if base == CHAR:
+        vocab = artifacts.TOKENIZER_VOCAB[profile_name]
+        path, name = artifacts.tokenizer_path(vocab), "BPE"
+        make = partial(artifacts.shakespeare_tokenizer, vocab)
+    else:
+        path, name, make = artifacts.gpt2_tokenizer_path(), "GPT-2 BPE", artifacts.gpt2_tokenizer
+    seconds = make_unless_present(path, make, force)
+    tok = make()
+    held_out = held_out_text()
     ids = tok.encode(held_out)
     metrics = {"vocab_size": tok.vocab_size, "chars_per_token": len(held_out) / len(ids),
                "round_trip": tok.decode(ids) == held_out, "held_out_chars": len(held_out)}
-    headline = (f"{tok.vocab_size:,}-token BPE: {metrics['chars_per_token']:.2f} characters per "
-                f"token on the held-out tenth"
+    headline = (f"{tok.vocab_size:,}-token {name}: {metrics['chars_per_token']:.2f} characters "
+                f"per token on the held-out tenth"
                 + ("" if metrics["round_trip"] else " (decoding does NOT give the text back)"))
     return StageResult("tokenizer", [path], seconds > 0, metrics, headline, make_seconds=seconds)
 
 
-def pretrain_stage(profile_name: str, force: bool = False) -> StageResult:
+def pretrain_stage(profile_name: str, force: bool = False, base=CHAR) -> StageResult:
     """Lesson 02's character-level base model, and its loss on the held-out tenth of the corpus
-    (nats per character, from the evaluations in the checkpoint's history)."""
+    (nats per character, from the evaluations in the checkpoint's history). With a GPT-2
+    ``base``, ``gpt2_base_stage`` instead."""
+    if base != CHAR:
+        return gpt2_base_stage(profile_name, force, base)
     path = artifacts.base_model_path(profile_name)
     seconds = make_unless_present(path, lambda: artifacts.train_base_model(profile_name), force)
-    base = artifacts.base_model(profile_name)
-    evals = [row for row in base.state["history"] if "val_loss" in row]
+    checkpoint = artifacts.base_model(profile_name)
+    evals = [row for row in checkpoint.state["history"] if "val_loss" in row]
     last = evals[-1]
     metrics = {"val_loss": last["val_loss"], "bits_per_char": last["val_loss"] / math.log(2),
-               "steps": last["step"], "parameters": sum(p.numel() for p in base.model.parameters())}
+               "steps": last["step"],
+               "parameters": sum(p.numel() for p in checkpoint.model.parameters())}
     headline = (f"val loss {metrics['val_loss']:.3f} nats/char ({metrics['bits_per_char']:.2f} "
                 f"bits), {metrics['steps']:,} steps, {metrics['parameters'] / 1e6:.2f}M params")
     curve = {"step": [row["step"] for row in evals], "val_loss": [row["val_loss"] for row in evals],
@@ -136,15 +162,41 @@ def pretrain_stage(profile_name: str, force: bool = False) -> StageResult:
                        make_seconds=seconds)
 
 
-def sft_stage(profile_name: str, force: bool = False) -> StageResult:
+def gpt2_base_stage(profile_name: str, force: bool = False, base="gpt2") -> StageResult:
+    """The pretrain stage with a GPT-2 base: nothing is trained; GPT-2 is loaded and grown by
+    the chat tokens (``artifacts.gpt2_base_model``), and its loss on the held-out tenth of
+    tiny Shakespeare measured, per GPT-2 token and per character (comparable with lesson 02's
+    model), on as many batches as lesson 02's evaluations (seeded: the same every run)."""
+    path = artifacts.base_model_path(profile_name, base)
+    seconds = make_unless_present(path, lambda: artifacts.gpt2_base_model(base, profile_name),
+                                  force)
+    checkpoint = artifacts.base_model(profile_name, base)
+    model, tok = checkpoint.model, checkpoint.tokenizer
+    held_out = held_out_text()
+    ids = torch.tensor(tok.encode(held_out))
+    run = artifacts.base_recipe(profile_name)[1]
+    loss = estimate_loss(model, ids, run, model.config.block_size,
+                         torch.Generator().manual_seed(run.seed + 1))
+    metrics = {"val_loss": loss, "bits_per_char": bits_per_char(loss, len(ids), len(held_out)),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "vocab_size": model.config.vocab_size, "block_size": model.config.block_size}
+    headline = (f"{checkpoint.state['pretrained']} (not trained here): val loss "
+                f"{loss:.3f} nats/token ({metrics['bits_per_char']:.2f} bits/char), "
+                f"{metrics['parameters'] / 1e6:.2f}M params")
+    return StageResult("pretrain", [path], seconds > 0, metrics, headline, make_seconds=seconds)
+
+
+def sft_stage(profile_name: str, force: bool = False, base=CHAR) -> StageResult:
     """Lesson 04's assistant, compared with the base model it was finetuned from on lesson 04's
     held-out prompts (``SFT_SAMPLES`` answers each, temperature 0.8): how often an answer names
     the topic and ends its turn."""
-    path = artifacts.sft_model_path(profile_name)
-    seconds = make_unless_present(path, lambda: artifacts.train_sft_model(profile_name), force)
-    base, assistant = artifacts.base_model(profile_name), artifacts.sft_model(profile_name)
+    path = artifacts.sft_model_path(profile_name, base)
+    seconds = make_unless_present(path, lambda: artifacts.train_sft_model(profile_name, base),
+                                  force)
+    start = artifacts.base_model(profile_name, base)
+    assistant = artifacts.sft_model(profile_name, base)
     prompts = make_sft_data().prompts
-    before = summarize(answer_prompts(base.model, base.tokenizer, prompts, SFT_SAMPLES))
+    before = summarize(answer_prompts(start.model, start.tokenizer, prompts, SFT_SAMPLES))
     after = summarize(answer_prompts(assistant.model, assistant.tokenizer, prompts, SFT_SAMPLES))
     metrics = {f"{when}_{name}": summary[name] for when, summary in (("base", before),
                                                                       ("sft", after))
@@ -157,17 +209,18 @@ def sft_stage(profile_name: str, force: bool = False) -> StageResult:
                        {"base": before, "sft": after}, make_seconds=seconds)
 
 
-def reward_stage(profile_name: str, force: bool = False) -> StageResult:
+def reward_stage(profile_name: str, force: bool = False, base=CHAR) -> StageResult:
     """Lesson 05's comparisons (the SFT model's answers, labeled by the simulated labeler) and
     the reward model trained on them, measured on the held-out prompts' pairs: how often it
     prefers the answer of higher gold reward, and the rank correlation of its scores with gold."""
-    data_path = artifacts.preference_data_path(profile_name)
-    rm_path = artifacts.reward_model_path(profile_name)
-    seconds = make_unless_present(data_path, lambda: artifacts.preference_data(profile_name),
-                                  force)
-    seconds += make_unless_present(rm_path, lambda: artifacts.make_reward_model(profile_name),
-                                   force)
-    data, rm = artifacts.preference_data(profile_name), artifacts.reward_model(profile_name)
+    data_path = artifacts.preference_data_path(profile_name, base)
+    rm_path = artifacts.reward_model_path(profile_name, base)
+    seconds = make_unless_present(data_path,
+                                  lambda: artifacts.preference_data(profile_name, base), force)
+    seconds += make_unless_present(rm_path,
+                                   lambda: artifacts.make_reward_model(profile_name, base), force)
+    data = artifacts.preference_data(profile_name, base)
+    rm = artifacts.reward_model(profile_name, base)
     m = evaluate_reward_model(rm.model, rm.tokenizer, data.held_out)
     metrics = {key: m[key] for key in ("gold_accuracy", "gold_accuracy_se", "label_accuracy",
                                        "label_accuracy_se", "spearman", "n_pairs", "n_prompts",
@@ -181,24 +234,24 @@ def reward_stage(profile_name: str, force: bool = False) -> StageResult:
                        make_seconds=seconds)
 
 
-def measure_sft(profile_name: str) -> SFTReference:
+def measure_sft(profile_name: str, base=CHAR) -> SFTReference:
     """The SFT model on the held-out prompts, as the tuned policies will be measured."""
-    return sft_reference(artifacts.sft_model(profile_name),
-                              artifacts.reward_model(profile_name).model, RLHF_SAMPLES, 0,
-                              SCALE_ANSWERS)
+    return sft_reference(artifacts.sft_model(profile_name, base),
+                         artifacts.reward_model(profile_name, base).model, RLHF_SAMPLES, 0,
+                         SCALE_ANSWERS)
 
 
 def rlhf_stage(method: str, profile_name: str, force: bool = False,
-               reference: SFTReference | None = None) -> StageResult:
+               reference: SFTReference | None = None, base=CHAR) -> StageResult:
     """Lesson 06's PPO or DPO policy, compared with the SFT model it was tuned from
     (``compare_with_sft``). ``reference`` (``measure_sft``) is measured here if not given;
     PPO and DPO share one."""
-    path = artifacts.rlhf_policy_path(method, profile_name)
-    seconds = make_unless_present(path, lambda: artifacts.make_rlhf_policy(method, profile_name),
-                                  force)
+    path = artifacts.rlhf_policy_path(method, profile_name, base)
+    seconds = make_unless_present(
+        path, lambda: artifacts.make_rlhf_policy(method, profile_name, base), force)
     if reference is None:
-        reference = measure_sft(profile_name)
-    policy = artifacts.rlhf_policy(method, profile_name)
+        reference = measure_sft(profile_name, base)
+    policy = artifacts.rlhf_policy(method, profile_name, base)
     metrics = compare_with_sft(policy.model, reference)
     headline = (f"gold {metrics['gold_gain']:+.3f} ± {metrics['gold_gain_se']:.3f} "
                 f"({metrics['gold_z']:.1f} SE) over SFT, KL {metrics['kl']:.2f} nats "
@@ -208,13 +261,18 @@ def rlhf_stage(method: str, profile_name: str, force: bool = False,
 
 # ----------------------------------------------------------------------------- the whole run
 
-def run_pipeline(profile_name: str | None = None, force: Iterable[str] = ()) -> dict:
+def run_pipeline(profile_name: str | None = None, force: Iterable[str] = (), base=CHAR) -> dict:
     """Run every stage in order (making what is missing, redoing ``force`` and what is made from
     it), print the table of key metrics, and save the figure and the JSON summary in
-    ``MINILLM_HOME``. Returns the summary (what the JSON file holds)."""
+    ``MINILLM_HOME``. Returns the summary (what the JSON file holds).
+
+    ``base`` is what the assistant starts from: "char", lesson 02's model, trained here; or a
+    published GPT-2 ("gpt2", ...; a GPU's work) or a folder where one was saved.
+    """
     profile_name = profile_name or profile()
     if profile_name not in PROFILES:
         raise ValueError(f"The profile is one of {', '.join(PROFILES)}, not {profile_name!r}.")
+    artifacts.base_tag(base)  # an unknown base fails here, before any stage runs
     redo = stages_to_redo(force)
     results: list[StageResult] = []
     reference = None
@@ -224,18 +282,18 @@ def run_pipeline(profile_name: str | None = None, force: Iterable[str] = ()) -> 
         began = time.perf_counter()
         if name in ("ppo", "dpo"):
             if reference is None:  # after the reward stage: the SFT model and RM are final
-                reference = measure_sft(profile_name)
-            result = rlhf_stage(name, profile_name, name in redo, reference)
+                reference = measure_sft(profile_name, base)
+            result = rlhf_stage(name, profile_name, name in redo, reference, base=base)
         else:
             stage = {"tokenizer": tokenizer_stage, "pretrain": pretrain_stage,
                      "sft": sft_stage, "reward": reward_stage}[name]
-            result = stage(profile_name, name in redo)
+            result = stage(profile_name, name in redo, base=base)
         result.seconds = time.perf_counter() - began
         tqdm.write(f"    {result.headline} [{format_seconds(result.seconds)}]")
         results.append(result)
     total = time.perf_counter() - start
     print(format_table(results, total))
-    summary = save_summary(results, profile_name, total)
+    summary = save_summary(results, profile_name, total, base)
     print(f"figure: {summary['figure']}\nsummary: {summary['json']}")
     return summary
 
@@ -266,7 +324,11 @@ def summary_figure(results: list[StageResult]):
     fig = Figure(figsize=(12, 9), layout="constrained")
     (loss_ax, sft_ax), (rm_ax, rl_ax) = fig.subplots(2, 2)
 
-    if "pretrain" in by_stage:
+    if "pretrain" in by_stage and "curve" not in by_stage["pretrain"].plot:  # a GPT-2 base
+        loss_ax.set_axis_off()
+        loss_ax.set_title(f"pretraining: none here; held-out loss "
+                          f"{by_stage['pretrain'].metrics['bits_per_char']:.2f} bits/char")
+    elif "pretrain" in by_stage:
         curve = by_stage["pretrain"].plot["curve"]
         loss_ax.plot(curve["step"], curve["train_loss"], label="train")
         loss_ax.plot(curve["step"], curve["val_loss"], label="held out")
@@ -316,17 +378,20 @@ def summary_figure(results: list[StageResult]):
     return fig
 
 
-def save_summary(results: list[StageResult], profile_name: str, total: float) -> dict:
+def save_summary(results: list[StageResult], profile_name: str, total: float,
+                 base=CHAR) -> dict:
     """Write ``pipeline-<profile>.png`` (``summary_figure``) and ``pipeline-<profile>.json``
     (each stage's artifacts, whether they were made, times and key metrics) to
-    ``MINILLM_HOME``; return what the JSON holds."""
+    ``MINILLM_HOME`` (``pipeline-<base>-<profile>.*`` for a GPT-2 base); return what the JSON
+    holds."""
     home = home_dir()
-    figure_path = home / f"pipeline-{profile_name}.png"
+    stem = "pipeline" if base == CHAR else f"pipeline-{artifacts.base_tag(base)}"
+    figure_path = home / f"{stem}-{profile_name}.png"
     json_path = figure_path.with_suffix(".json")
     with atomic_write(figure_path) as f:
         summary_figure(results).savefig(f, format="png", dpi=100)
     summary = {
-        "profile": profile_name, "total_seconds": total,
+        "profile": profile_name, "base": str(base), "total_seconds": total,
         "figure": str(figure_path), "json": str(json_path),
         "stages": {r.stage: {"made": r.made, "seconds": r.seconds,
                              "make_seconds": r.make_seconds,

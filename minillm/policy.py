@@ -79,6 +79,21 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+# A forward pass holds batch x tokens x vocabulary logits: few with the character model's 69
+# tokens, but 50,260 per position with GPT-2's, so that 256 answers of 110 tokens would need
+# 5.7 GB of float32 logits (and as much again for their log-softmax). Passes that read many
+# answers at once take at most this many logits (256 MiB of float32) each: on a CPU a
+# log-softmax over 1 GiB of logits took 6x as long per logit as over a quarter of it.
+LOGITS_PER_PASS = 2 ** 26
+
+
+def rows_per_pass(model: GPT, width: int, most: int | None = None) -> int:
+    """How many sequences of ``width`` tokens one forward pass of ``model`` may take, keeping
+    its logits within ``LOGITS_PER_PASS`` (at least 1, and at most ``most`` if given)."""
+    rows = max(1, LOGITS_PER_PASS // (width * model.config.vocab_size))
+    return rows if most is None else min(rows, most)
+
+
 # ----------------------------------------------------------------------------- rollouts
 
 @dataclass
@@ -132,10 +147,16 @@ def rollout(policy: GPT, tokenizer, prompts: list[dict], max_new_tokens: int = 1
 def sequence_kl(policy: GPT, reference: GPT, batch: Rollout) -> torch.Tensor:
     """Each answer's KL estimate (B,): the sum over its tokens of log pi - log ref. It is exact
     in expectation over answers sampled from ``policy`` at temperature 1 (one answer's estimate
-    can be negative)."""
-    logp = token_logprobs(policy(batch.ids, attention_mask=batch.attention)[0], batch.ids)
-    ref = token_logprobs(reference(batch.ids, attention_mask=batch.attention)[0], batch.ids)
-    return ((logp - ref) * batch.actions).sum(1)
+    can be negative). Computed ``rows_per_pass`` answers at a time."""
+    kls = []
+    step = rows_per_pass(policy, batch.ids.size(1))
+    for k in range(0, len(batch.ids), step):
+        ids, attention = batch.ids[k:k + step], batch.attention[k:k + step]
+        logp = token_logprobs(policy(ids, attention_mask=attention)[0], ids)
+        ref = token_logprobs(reference(ids, attention_mask=attention)[0], ids)
+        kls.append(((logp - ref) * batch.actions[k:k + step]).sum(1))
+    return torch.cat(kls)
+
 
 
 @dataclass

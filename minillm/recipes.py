@@ -49,6 +49,14 @@ def base_recipe(profile_name: str | None = None) -> tuple[GPTConfig, TrainConfig
     return model, run
 
 
+# A published GPT-2 as the base instead (``pipeline --base gpt2``; every later recipe as for the
+# Shakespeare base): the context kept of its 1024 positions (``GPT.from_pretrained``'s
+# block_size). The longest of lesson 04's conversations is 29 GPT-2 tokens, and a sampled
+# answer (at most 100 tokens) after a prompt (at most 10) fits in 111; 256 leaves room for
+# longer answers, and the KV cache of a batch of generations is a quarter of 1024's.
+GPT2_BLOCK_SIZE = 256
+
+
 def sft_recipe(profile_name: str | None = None) -> TrainConfig:
     """Lesson 04's finetuning run."""
     if _quick(profile_name):

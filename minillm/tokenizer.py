@@ -129,6 +129,15 @@ class _TokenizerBase:
     def encode_ordinary(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def _with_special_tokens(self, special_tokens, next_id: int) -> dict[str, int]:
+        """The special tokens grown by ``special_tokens``, each new one given the next id from
+        ``next_id`` on (ones it has already are skipped), for ``with_tokens``."""
+        special = dict(self.special_tokens)
+        for token in special_tokens:
+            if token not in special:
+                special[token], next_id = next_id, next_id + 1
+        return special
+
     def encode(self, text: str, allowed_special=()) -> list[int]:
         """Text to ids. Special-token text is plain text unless named in ``allowed_special``
         (a set of strings, or ``"all"``), so user input can never smuggle in a control token."""
@@ -262,6 +271,21 @@ class Tokenizer(_TokenizerBase):
             return [whole]
         return [self.ranks[part] for part in bpe_pieces(piece, self.ranks)]
 
+    def with_tokens(self, chars: str = "", special_tokens=()) -> Tokenizer:
+        """This tokenizer grown by ``special_tokens``, each given the next free id (ones it has
+        already are skipped): every old id keeps its meaning, so a model trained with the old
+        vocabulary needs only new embedding rows (``minillm.model.grow_vocabulary``). Byte-level
+        BPE encodes every character already, so ``chars`` adds nothing; it is there so that
+        either kind of tokenizer grows the same way (``CharTokenizer.with_tokens``).
+
+        >>> import tiktoken
+        >>> gpt2 = Tokenizer.from_tiktoken(tiktoken.get_encoding("gpt2"))  # ids 0..50256
+        >>> gpt2.with_tokens(special_tokens=["<|endoftext|>", "<|user|>"]).special_tokens
+        {'<|endoftext|>': 50256, '<|user|>': 50257}
+        """
+        return Tokenizer(self.ranks, self.pattern,
+                         self._with_special_tokens(special_tokens, self.vocab_size))
+
     def truncated(self, n_merges: int) -> Tokenizer:
         """The tokenizer as it was after its first ``n_merges`` merges (special tokens kept)."""
         ranks = {b: i for b, i in self.ranks.items() if i < 256 + n_merges}
@@ -350,15 +374,11 @@ class CharTokenizer(_TokenizerBase):
         >>> CharTokenizer("ab", {"<|end|>": 2}).with_tokens("7", ["<|calc|>"]).encode("7b")
         [3, 1]
         """
-        added, special = dict(self.added_chars), dict(self.special_tokens)
-        next_id = self.vocab_size
+        added, next_id = dict(self.added_chars), self.vocab_size
         for c in chars:
             if c not in self._ids and c not in added:
                 added[c], next_id = next_id, next_id + 1
-        for token in special_tokens:
-            if token not in special:
-                special[token], next_id = next_id, next_id + 1
-        return CharTokenizer(self.chars, special, added)
+        return CharTokenizer(self.chars, self._with_special_tokens(special_tokens, next_id), added)
 
     def encode_ordinary(self, text: str) -> list[int]:
         try:

@@ -6,13 +6,18 @@ course's outcomes."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
+import torch
 
 import minillm.__main__ as cli
-from minillm import artifacts, pipeline
+from minillm import artifacts, pipeline, world
+from minillm.checkpoint import load_checkpoint
 from minillm.pipeline import STAGES, StageResult
+from minillm.reward import load_reward_model
 from minillm.settings import profile
+from minillm.train import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -131,15 +136,16 @@ def test_run_pipeline_runs_the_stages_in_order_and_reports_them(home, monkeypatc
     calls = []
 
     def stand_in(name):
-        def stage(profile_name, force=False, reference=None):
+        def stage(profile_name, force=False, reference=None, base="char"):
             calls.append((name, profile_name, force, reference))
+            assert base == "char"
             return results[name]
         return stage
 
     for name in ("tokenizer", "pretrain", "sft", "reward"):
         monkeypatch.setattr(pipeline, f"{name}_stage", stand_in(name))
     monkeypatch.setattr(pipeline, "rlhf_stage",
-                        lambda method, *args: stand_in(method)(*args))
+                        lambda method, *args, **kwargs: stand_in(method)(*args, **kwargs))
     references = []
     monkeypatch.setattr(pipeline, "measure_sft", lambda *args: references.append(args) or "ref")
 
@@ -147,7 +153,7 @@ def test_run_pipeline_runs_the_stages_in_order_and_reports_them(home, monkeypatc
     assert calls == [("tokenizer", "full", False, None), ("pretrain", "full", False, None),
                      ("sft", "full", False, None), ("reward", "full", True, None),
                      ("ppo", "full", True, "ref"), ("dpo", "full", True, "ref")]
-    assert references == [("full",)]  # measured once, for both policies
+    assert references == [("full", "char")]  # measured once, for both policies
     out = capsys.readouterr().out
     assert "[4/6] reward (redo)" in out and "[1/6] tokenizer\n" in out
     assert pipeline.format_table(list(results.values()), summary["total_seconds"]) in out
@@ -165,10 +171,11 @@ def test_the_command_passes_profile_and_stages_to_force(monkeypatch):
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *args: calls.append(args))
     cli.main(["pipeline", "--profile", "quick", "--force", "sft", "--force", "ppo"])
     cli.main(["pipeline"])
-    assert calls == [("quick", ["sft", "ppo"]), (None, ())]
+    cli.main(["pipeline", "--base", "gpt2"])
+    assert calls == [("quick", ["sft", "ppo"], "char"), (None, (), "char"), (None, (), "gpt2")]
     for name in STAGES:  # the command offers exactly the pipeline's stages
         cli.main(["pipeline", "--force", name])
-    assert [args[1] for args in calls[2:]] == [[name] for name in STAGES]
+    assert [args[1] for args in calls[3:]] == [[name] for name in STAGES]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["pipeline", "--force", "rlhf"])
     assert exit_info.value.code == 2
@@ -224,6 +231,97 @@ def test_the_pipeline_makes_every_artifact_then_reuses_them(tiny_recipes, capsys
     third = pipeline.run_pipeline("quick", force=["dpo"])
     assert [name for name, s in third["stages"].items() if s["made"]] == ["dpo"]
     assert [path.stat().st_mtime_ns for path in paths[:-1]] == stamps[:-1]
+
+
+# ----------------------------------------------------------------------------- a GPT-2 base
+
+def test_the_base_is_the_char_model_a_gpt2_or_a_folder(home):
+    assert artifacts.base_model_path("quick") == home / "base-char-quick.pt"
+    assert artifacts.sft_model_path("full", "gpt2") == home / "sft-gpt2-full.pt"
+    (home / "my-gpt2").mkdir()
+    assert artifacts.rlhf_policy_path("dpo", "quick", home / "my-gpt2") == (
+        home / "dpo-my-gpt2-quick.pt")
+    with pytest.raises(ValueError, match=r"^The base model is 'char' \(lesson 02's\), a "
+                                         r"published GPT-2 \(gpt2, gpt2-medium, gpt2-large, "
+                                         r"gpt2-xl\) or a folder holding a saved GPT2LMHeadModel, "
+                                         r"not 'gpt3'\.$"):
+        pipeline.run_pipeline("quick", base="gpt3")
+    assert list(home.iterdir()) == [home / "my-gpt2"]  # refused before any stage ran
+
+
+@pytest.fixture
+def tiny_gpt2(tiny_recipes, monkeypatch):
+    """A GPT-2 of two 32-wide layers with random weights (GPT-2's 50,257-token vocabulary),
+    saved as Hugging Face saves the real one, in a world of two topics. Sampling from 50,260
+    tokens costs a CPU ~1.4 ms per answer and token, so the world is small, PPO's answers are
+    short, and SFT runs long enough for the model to learn to end its turn (a batch of answers
+    runs until its last one ends, and the later stages sample from the SFT model)."""
+    transformers = pytest.importorskip("transformers")
+    folder = tiny_recipes / "tiny-gpt2"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    monkeypatch.setattr(world, "TOPICS", ("love", "king"))
+    monkeypatch.setattr(artifacts, "sft_recipe", lambda profile_name=None: TrainConfig(
+        max_steps=30, batch_size=16, lr=1e-2, warmup_steps=2, eval_interval=10, eval_batches=1,
+        progress=False))
+    tiny_rlhf = artifacts.rlhf_recipe
+    monkeypatch.setattr(artifacts, "rlhf_recipe", lambda method, profile_name=None: (
+        replace(tiny_rlhf(method), max_new_tokens=8) if method == "ppo" else tiny_rlhf(method)))
+    return folder
+
+
+@pytest.mark.slow
+def test_the_pipeline_starts_from_a_saved_gpt2(tiny_gpt2, monkeypatch, capsys):
+    home = tiny_gpt2.parent
+    summary = pipeline.run_pipeline("quick", base=str(tiny_gpt2))
+    assert summary["json"] == str(home / "pipeline-tiny-gpt2-quick.json")
+    stages = summary["stages"]
+    paths = [home / "tokenizer-gpt2-chat.json"] + [
+        home / f"{kind}-tiny-gpt2-quick.{'json' if kind == 'preferences' else 'pt'}"
+        for kind in ("base", "sft", "preferences", "reward", "ppo", "dpo")]
+    assert [path for s in stages.values() for path in s["artifacts"]] == list(map(str, paths))
+    assert all(s["made"] for s in stages.values())
+    m = {name: s["metrics"] for name, s in stages.items()}
+    assert m["tokenizer"]["vocab_size"] == 50260 and m["tokenizer"]["round_trip"] is True
+    assert m["pretrain"]["vocab_size"] == 50260 and m["pretrain"]["block_size"] == 256
+    # Random weights: about as surprised as a uniform guess over the vocabulary, per token.
+    assert abs(m["pretrain"]["val_loss"] - math.log(50260)) < 0.5
+    assert m["sft"]["n"] == 6  # two topics, three held-out phrasings
+    assert m["sft"]["sft_ended"] > m["sft"]["base_ended"]
+    for stage in m.values():
+        assert all(v is None or isinstance(v, (bool, int, str)) or math.isfinite(v)
+                   for v in stage.values())
+
+    tok = artifacts.gpt2_tokenizer()
+    chat = {"<|user|>": 50257, "<|assistant|>": 50258, "<|end|>": 50259}
+    for text, token_id in chat.items():  # a special token is one id after GPT-2's own
+        assert tok.encode(text, allowed_special={text}) == [token_id]
+        assert tok.decode([token_id]) == text
+        assert all(i < 50257 for i in tok.encode(text))  # typed by a user: plain text
+    losses = {"sft": "train_loss", "reward": "train_loss", "ppo": "value_loss", "dpo": "loss"}
+    for kind, key in losses.items():
+        load = load_reward_model if kind == "reward" else load_checkpoint
+        saved = load(home / f"{kind}-tiny-gpt2-quick.pt")
+        assert saved.tokenizer.special_tokens == tok.special_tokens
+        assert saved.model.config.vocab_size == 50260
+        assert saved.state["history"] and all(math.isfinite(row[key])
+                                              for row in saved.state["history"] if key in row)
+
+    typed = iter(["Speak of love.", "<|end|>"])
+
+    def user(prompt):
+        line = next(typed, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", user)
+    capsys.readouterr()
+    cli.main(["chat", str(home / "dpo-tiny-gpt2-quick.pt"), "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert "is an assistant (dpo)" in out
+    assert out.count("model> ") == 2 and "error" not in out
 
 
 # ----------------------------------------------------------------------------- the real thing

@@ -65,6 +65,24 @@ def test_unknown_model_names_and_the_tokenizer():
     assert tok.encode(text) == enc.encode(text) and tok.vocab_size == 50257
 
 
+def test_a_saved_folder_loads_and_the_context_can_be_cut(tmp_path):
+    hf = random_gpt2()
+    hf.save_pretrained(tmp_path / "tiny")
+    idx = torch.randint(101, (2, 12), generator=torch.Generator().manual_seed(3))
+    whole = GPT.from_pretrained(tmp_path / "tiny")
+    cut = GPT.from_pretrained(str(tmp_path / "tiny"), block_size=12)
+    assert whole.config.block_size == 32 and cut.config.block_size == 12
+    assert cut.pos_emb.weight.shape == (12, 48)
+    with torch.no_grad():
+        expected = hf(idx).logits
+        torch.testing.assert_close(whole(idx)[0], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cut(idx)[0], expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must be an integer from 1 to 32, not 33"):
+        GPT.from_pretrained(hf, block_size=33)
+    with pytest.raises(ValueError, match="there is no '.*missing' \\(nor a folder"):
+        GPT.from_pretrained(tmp_path / "missing")
+
+
 def test_the_tanh_gelu_is_refused_by_the_export_format():
     model = GPT.from_pretrained(random_gpt2())
     with pytest.raises(ValueError, match="tanh approximation"):

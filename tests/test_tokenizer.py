@@ -272,6 +272,22 @@ def test_special_tokens_take_the_last_ids(shakespeare_tok):
     assert sorted(shakespeare_tok.special_tokens.values()) == [1020, 1021, 1022, 1023]
 
 
+def test_gpt2s_tokenizer_grows_by_the_chat_tokens_after_its_own_ids(tmp_path):
+    enc = tiktoken.get_encoding("gpt2")
+    gpt2 = Tokenizer.from_tiktoken(enc)
+    chat = gpt2.with_tokens("ignored: bytes cover it", ["<|endoftext|>", "<|user|>", "<|end|>"])
+    assert chat.special_tokens == {"<|endoftext|>": 50256, "<|user|>": 50257, "<|end|>": 50258}
+    assert chat.vocab_size == 50259 and chat.ranks == gpt2.ranks
+    text = "<|user|>Speak of love, café.<|end|>"
+    assert chat.encode(text) == enc.encode(text)  # typed text: GPT-2's ids, no special one
+    ids = chat.encode(text, allowed_special="all")
+    assert ids[0] == 50257 and ids[-1] == 50258 and ids[1:-1] == enc.encode(text[8:-7])
+    assert chat.decode(ids) == text
+    assert chat.with_tokens(special_tokens=["<|user|>"]).special_tokens == chat.special_tokens
+    chat.save(tmp_path / "chat.json")
+    assert Tokenizer.load(tmp_path / "chat.json").encode(text, allowed_special="all") == ids
+
+
 def test_decoding_mid_character_and_bad_ids(shakespeare_tok):
     tok = shakespeare_tok
     ids = tok.encode("😀")  # four bytes, not a merged token in a Shakespeare vocabulary
