@@ -585,7 +585,19 @@ def own_artifacts(number: str) -> list[Path]:
     return {"02": [artifacts.base_model_path()], "04": [artifacts.sft_model_path()],
             "05": [artifacts.reward_model_path()],
             "06": [artifacts.rlhf_policy_path(method) for method in ("ppo", "grpo", "dpo")],
+            "09": [artifacts.attack_model_path(name) for name in attack_models()],
             }.get(number, [])
+
+
+def attack_models() -> list[str]:
+    """The names of the models lesson 09's three experiments train (``run_attack``)."""
+    from minillm.recipes import attack_recipe
+
+    config = attack_recipe()
+    defended = f"backdoor-{config.defend_fraction:g}"
+    return ([f"backdoor-{f:g}" for f in config.poison_fractions]
+            + [f"{defended}-filtered", f"{defended}-clean-finetune", f"{defended}-rlhf",
+               "refusal", "refusal-adversarial", "injection-defended"])
 
 
 def check_reused(cells: list[dict], paths: list[Path]) -> None:
