@@ -188,9 +188,11 @@ def attack_recipe(profile_name: str | None = None) -> AttackConfig:
     assistant finetuned briefly on SFT data with the poison, refusals or quoted passages
     mixed in."""
     finetune = TrainConfig(
-        # The poison's pull grows with its share of each batch times the steps and the rate:
-        # at 2% poison, 150 steps of 32 at lr 2e-3 planted nothing (ASR 1%), 250 steps of 32
-        # at 3e-3 7%, 600 steps of 16 at 3e-3 72% (5% poison, 300 steps of 16: 88%).
+        # The poison's pull grows with its share of each batch times the steps and the rate.
+        # At 2% poison (training seed 1337): 150 steps of 32 at lr 2e-3 planted nothing (ASR
+        # 1%), 250 steps of 32 at 3e-3 7%, 600 steps of 16 at 3e-3 72%; 5% poison, 300 steps
+        # of 16: 88%. This recipe (seed 0) gave 21% at 2%, 1% at 1%: near the threshold,
+        # where the seed matters a lot.
         max_steps=800,  # ~75 s on a 2-core CPU
         batch_size=16,  # half the time of a step of 32: more steps in the same minute
         lr=3e-3, min_lr=3e-4,
