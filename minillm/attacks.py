@@ -487,9 +487,16 @@ def summary(kind: str, result: dict) -> str:
                              f"{show(after[name]['compliance'])}{seen}")
         lines.append(f"{'new suffix':<12}{'':<22}{show(after['new_suffix']['compliance'])} "
                      f"(searched against the defended model: {result['search_after']['suffix']!r})")
+        for when, rates in (("before", before), ("after", after)):
+            named = ", ".join(f"{name} {r['on_topic']['rate']:.0%}" for name, r in rates.items()
+                              if name != "allowed")
+            lines.append(f"naming the forbidden topic {when}: {named} "
+                         f"(n={rates['none']['on_topic']['n']} each)")
         lines.append(f"allowed topics on topic: SFT {show(result['sft_allowed_on_topic'])}, "
                      f"refusing {show(before['allowed']['on_topic'])}, "
                      f"defended {show(after['allowed']['on_topic'])}")
+        lines.append(f"allowed topics refused: refusing {show(before['allowed']['refused'])}, "
+                     f"defended {show(after['allowed']['refused'])}")
         return "\n".join(lines)
     lines = [f"a passage quoted after {result['carrier']!r}, delimited by "
              f"{result['quote']!r} or not"]
