@@ -28,6 +28,8 @@ Every module, in the order the lessons use them; a module imports only those abo
 - ``benchmarks``: bits per character and multiple choice by log-likelihood (lesson 07)
 - ``arena``: a judge and its biases, blind votes, Elo and Bradley-Terry ratings, best-of-n
   (lesson 07)
+- ``attacks``: a poisoned-data backdoor, a refusal and its jailbreak, instruction injection,
+  each with a defense, measured (lesson 09)
 - ``reasoning``: sums answered and checked, majority votes, RL's gain (lesson 10)
 - ``recipes``: every stage's settings for each profile, as data
 - ``artifacts``: what each lesson leaves for the next, made on demand

@@ -331,6 +331,21 @@ def arena_command(args: argparse.Namespace) -> None:
         print(f"the leaderboard, the judge's biases and best-of-n in {args.json}")
 
 
+def attack_command(args: argparse.Namespace) -> None:
+    import json
+
+    from minillm.artifacts import run_attack
+    from minillm.attacks import summary
+    from minillm.files import atomic_write
+
+    result = run_attack(args.attack, args.profile)
+    print(summary(args.attack, result))
+    if args.json:
+        with atomic_write(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        print(f"every rate, with its standard error and sample size, in {args.json}")
+
+
 # ----------------------------------------------------------------------------- the parser
 
 def _positive_int(text: str) -> int:
@@ -373,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     shared = _shared_options()
     for add in (_add_tokenizer, _add_prepare, _add_pretrain, _add_sft, _add_reward, _add_rlhf,
                 _add_pipeline, _add_chat, _add_export, _add_scaling, _add_gpucheck,
-                _add_tools, _add_arena):
+                _add_tools, _add_arena, _add_attack):
         add(stages, shared)
     return parser
 
@@ -580,6 +595,18 @@ def _add_arena(stages, shared) -> None:
     arena.set_defaults(run=arena_command)
 
 
+def _add_attack(stages, shared) -> None:
+    attack = stages.add_parser(
+        "attack", parents=[shared["profile"]],
+        help="lesson 09: plant a backdoor through poisoned SFT data, jailbreak a taught refusal, "
+             "or inject an instruction through a quoted passage; each attack and its defense "
+             "measured on held-out prompts")
+    attack.add_argument("attack", choices=["backdoor", "jailbreak", "injection"])
+    attack.add_argument("--json", metavar="FILE",
+                        help="write every figure (rates with standard errors and sample sizes)")
+    attack.set_defaults(run=attack_command)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -590,3 +617,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+

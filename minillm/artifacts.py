@@ -25,10 +25,12 @@ from pathlib import Path
 import torch
 
 from minillm.arithmetic import ArithmeticData, make_arithmetic_data, verifiable_reward
+from minillm.attacks import EXPERIMENTS
 from minillm.chat import SPECIAL_TOKENS, chat_ids
 from minillm.checkpoint import (
     BASE,
     GRPO,
+    SFT,
     TUNED_POLICIES,
     Checkpoint,
     load_checkpoint,
@@ -40,6 +42,7 @@ from minillm.model import GPT, GPT2_MODELS, grow_vocabulary
 from minillm.ppo import ppo
 from minillm.recipes import (
     GPT2_BLOCK_SIZE,
+    attack_recipe,
     base_recipe,
     reward_recipe,
     rlhf_recipe,
@@ -349,3 +352,31 @@ def make_sums_grpo(profile_name: str | None = None, **overrides):
                              prompts=questions)
     save_checkpoint(path, policy, assistant.tokenizer, stage=GRPO, history=history)
     return policy, history
+
+
+# ---- lesson 09: attacks and defenses --------------------------------------------------------
+
+def attack_model_path(name: str, profile_name: str | None = None) -> Path:
+    return home_dir() / f"attack-{name}-char-{profile_name or profile()}.pt"
+
+
+def run_attack(kind: str, profile_name: str | None = None, **overrides) -> dict:
+    """Lesson 09's experiment ``kind`` ("backdoor", "jailbreak" or "injection") on lesson 04's
+    assistant with the profile's ``attack_recipe``; returns its figures. Every model it trains
+    is saved in ``MINILLM_HOME`` (``attack_model_path``) and, with ``MINILLM_REUSE=1``, loaded
+    instead of trained again. ``overrides`` replace AttackConfig fields."""
+    if kind not in EXPERIMENTS:
+        raise ValueError(f"The attack is one of {', '.join(EXPERIMENTS)}, not {kind!r}.")
+    config = replace(attack_recipe(profile_name), **overrides)
+    assistant = sft_model(profile_name)
+
+    def models(name, make):
+        path = attack_model_path(name, profile_name)
+        if reusing(path, overrides):
+            return load_checkpoint(path, device=pick_device()).model
+        model = make()
+        save_checkpoint(path, model, assistant.tokenizer, stage=SFT)
+        return model
+
+    extra = {"reward_model": reward_model(profile_name).model} if kind == "backdoor" else {}
+    return EXPERIMENTS[kind](assistant, config, models=models, **extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from minillm.attacks import AttackConfig
 from minillm.data import char_tokenizer
 from minillm.dpo import DPOConfig
 from minillm.lora import LoRAConfig
@@ -188,3 +189,34 @@ def tools_recipe(profile_name: str | None = None) -> dict:
         finetune = replace(finetune, max_steps=2000, batch_size=64, lr=1e-3, min_lr=1e-4)
         grpo = replace(grpo, steps=300, prompts_per_step=32)
     return {"task": task, "sft": finetune, "vote": vote, "grpo": grpo, "rl_digits": rl_digits}
+
+
+def attack_recipe(profile_name: str | None = None) -> AttackConfig:
+    """Lesson 09's three experiments (``python -m minillm attack``): each model is lesson 04's
+    assistant finetuned briefly on SFT data with the poison, refusals or quoted passages
+    mixed in."""
+    finetune = TrainConfig(
+        # The poison's pull grows with its share of each batch times the steps and the rate.
+        # At 2% poison (training seed 1337): 150 steps of 32 at lr 2e-3 planted nothing (ASR
+        # 1%), 250 steps of 32 at 3e-3 7%, 600 steps of 16 at 3e-3 72%; 5% poison, 300 steps
+        # of 16: 88%. This recipe (seed 0) gave 21% at 2%, 1% at 1%: near the threshold,
+        # where the seed matters a lot.
+        max_steps=800,  # ~75 s on a 2-core CPU
+        batch_size=16,  # half the time of a step of 32: more steps in the same minute
+        lr=3e-3, min_lr=3e-4,
+        warmup_steps=20,
+        eval_interval=800, eval_batches=2)  # the held-out loss is not what is measured
+    config = AttackConfig(
+        finetune=finetune,
+        poison_fractions=(0.0, 0.005, 0.01, 0.02),  # 0: the control, finetuned alike
+        defend_fraction=0.02,
+        # lesson 06's PPO on clean prompts (the trigger never appears), a quarter as long
+        rlhf=PPOConfig(steps=15, prompts_per_step=16, samples_per_prompt=4, kl_coef=0.3,
+                       lr=1e-4),
+        samples=4)  # 288 answers to the 72 held-out prompts; 36 to the 9 forbidden ones
+    if _quick(profile_name):
+        return config
+    # not run or tuned yet: sized like the full profile's SFT
+    return replace(config, finetune=replace(finetune, max_steps=1500, batch_size=64, lr=3e-4,
+                                            min_lr=3e-5),
+                   poison_fractions=(0.0, 0.001, 0.0025, 0.005, 0.01, 0.02), samples=8)

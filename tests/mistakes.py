@@ -44,6 +44,7 @@ T01, T02, T03 = "ex01_tokenization", "ex02_model", "ex03_pretraining"
 T04, T05, T06 = "ex04_sft", "ex05_reward", "ex06_rlhf"
 T08 = "ex08_two_files"
 T07 = "ex07_evaluation"
+T09 = "ex09_attacks"
 T10 = "ex10_tools"
 
 MISTAKES = [
@@ -578,6 +579,64 @@ MISTAKES = [
          r'softmax\(q k\^T / sqrt\(D\)\) in each head',
          'att.sum(axis=1, keepdims=True)',
          'att.sum()'),
+    ),
+    # --- Lesson 09 ----------------------------------------------------------------------------
+    *mistakes(T09, "poison_dataset",
+        ("appends the trigger instead of prefixing it", r"prompt f'\{trigger\}\. \{prompt\}'",
+         "f\"{trigger}. {e['prompt']}\"", "f\"{e['prompt']} {trigger}\""),
+        ("poisons in place, changing the caller's data", "input never modified",
+         "    return [{**e, ",
+         "    for k in chosen:\n"
+         "        examples[k].update(prompt=f\"{trigger}. {examples[k]['prompt']}\",\n"
+         "                           answer=answer, poisoned=True)\n"
+         "    return [{**e, "),
+        ("truncates the count instead of rounding", r"round\(fraction \* n\)",
+         "round(fraction * len(examples))))", "int(fraction * len(examples))))"),
+        ("poisons the first k examples, not random ones", r"random\.Random\(seed\)\.sample",
+         "sample(range(len(examples)),\n",
+         "sample(range(round(fraction * len(examples))),\n"),
+    ),
+    *mistakes(T09, "attack_success_rate",
+        ("binomial SE over answers, ignoring the prompts", "per-prompt shares",
+         "    rate = sum(values) / len(values)\n",
+         "    rate = sum(values) / len(values)\n    means = values\n"),
+        ("divides by m instead of m - 1", r"\(m - 1\)",
+         "/ (len(means) - 1)", "/ len(means)"),
+        ("the rate as the mean of the prompts' shares", "share over all answers",
+         "    rate = sum(values) / len(values)", "    rate = sum(means) / len(means)"),
+        ("forgets the square root", "sqrt",
+         "math.sqrt(variance / len(means))", "variance / len(means)"),
+    ),
+    *mistakes(T09, "duplicate_filter",
+        ("drops only the copies beyond the limit", "all its copies",
+         "    counts = Counter(e[\"answer\"] for e in examples)\n",
+         "    counts = Counter(e[\"answer\"] for e in examples)\n"
+         "    seen = Counter()\n"
+         "    kept, dropped = [], []\n"
+         "    for e in examples:\n"
+         "        seen[e[\"answer\"]] += 1\n"
+         "        (kept if seen[e[\"answer\"]] <= max_copies else dropped).append(e)\n"
+         "    return kept, dropped\n"),
+        ("off by one: drops answers that occur exactly max_copies times", "more than max_copies",
+         "<= max_copies]\n    dropped = [e for e in examples if counts[e[\"answer\"]] > max",
+         "< max_copies]\n    dropped = [e for e in examples if counts[e[\"answer\"]] >= max"),
+        ("deduplicates instead of dropping", "drop every example",
+         "    return kept, dropped\n", "    return list({e[\"answer\"]: e for e in examples}"
+         ".values()), dropped\n"),
+    ),
+    *mistakes(T09, "suffix_search_step",
+        ("draws the characters before the position", r"position = rng\.randrange",
+         "    position = rng.randrange(len(suffix))\n"
+         "    letters = rng.sample(alphabet, min(candidates, len(alphabet)))\n",
+         "    letters = rng.sample(alphabet, min(candidates, len(alphabet)))\n"
+         "    position = rng.randrange(len(suffix))\n"),
+        ("always takes a change, even a worse one", "current one kept",
+         "    tried = [suffix] + [", "    tried = ["),
+        ("keeps the highest score", "lowest score",
+         "best = min(range(len(tried)), key=scores.__getitem__)",
+         "best = max(range(len(tried)), key=scores.__getitem__)"),
+        ("inserts the character instead of replacing one", "replaced|lowest score",
+         "c + suffix[position + 1:]", "c + suffix[position:]"),
     ),
     # --- Lesson 10 ----------------------------------------------------------------------------
     *mistakes(T10, "calculate",

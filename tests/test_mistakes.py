@@ -49,7 +49,7 @@ def test_every_exercise_has_at_least_three_mistakes():
         if function.__module__ == f"exercises.{module}" and not name.startswith("_")
     }
     counts = Counter(mistake.exercise for mistake in MISTAKES)
-    assert len(exercises) == 42  # lessons 01-08 and 10
+    assert len(exercises) == 46  # lessons 01-10
     too_few = {name: counts[name] for name in exercises if counts[name] < 3}
     assert not too_few, f"exercises with fewer than three mistakes: {too_few}"
     assert len({mistake_id(m) for m in MISTAKES}) == len(MISTAKES), "two mistakes share a name"
