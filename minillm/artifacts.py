@@ -305,7 +305,7 @@ def arithmetic_data(format: str, profile_name: str | None = None) -> ArithmeticD
 
 
 def tools_model_path(format: str, profile_name: str | None = None) -> Path:
-    return home_dir() / f"sums-{format}-char-{profile_name or profile()}.pt"
+    return _artifact(f"sums-{format}", profile_name, CHAR)
 
 
 def train_tools_model(format: str, profile_name: str | None = None, **overrides):
@@ -331,7 +331,7 @@ def tools_model(format: str, profile_name: str | None = None) -> Checkpoint:
 
 
 def sums_grpo_path(profile_name: str | None = None) -> Path:
-    return home_dir() / f"sums-grpo-char-{profile_name or profile()}.pt"
+    return _artifact("sums-grpo", profile_name, CHAR)
 
 
 def make_sums_grpo(profile_name: str | None = None, **overrides):
@@ -357,7 +357,7 @@ def make_sums_grpo(profile_name: str | None = None, **overrides):
 # ---- lesson 09: attacks and defenses --------------------------------------------------------
 
 def attack_model_path(name: str, profile_name: str | None = None) -> Path:
-    return home_dir() / f"attack-{name}-char-{profile_name or profile()}.pt"
+    return _artifact(f"attack-{name}", profile_name, CHAR)
 
 
 def run_attack(kind: str, profile_name: str | None = None, **overrides) -> dict:

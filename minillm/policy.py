@@ -158,7 +158,6 @@ def sequence_kl(policy: GPT, reference: GPT, batch: Rollout) -> torch.Tensor:
     return torch.cat(kls)
 
 
-
 @dataclass
 class RewardScale:
     """The reward model's mean and standard deviation on the SFT model's answers: rewards are
