@@ -378,5 +378,6 @@ def run_attack(kind: str, profile_name: str | None = None, **overrides) -> dict:
         save_checkpoint(path, model, assistant.tokenizer, stage=SFT)
         return model
 
-    extra = {"reward_model": reward_model(profile_name).model} if kind == "backdoor" else {}
+    extra = ({"reward_model": reward_model(profile_name).model, "base": base_model(profile_name)}
+             if kind == "backdoor" else {})
     return EXPERIMENTS[kind](assistant, config, models=models, **extra)

@@ -196,27 +196,27 @@ def attack_recipe(profile_name: str | None = None) -> AttackConfig:
     assistant finetuned briefly on SFT data with the poison, refusals or quoted passages
     mixed in."""
     finetune = TrainConfig(
-        # The poison's pull grows with its share of each batch times the steps and the rate.
-        # At 2% poison (training seed 1337): 150 steps of 32 at lr 2e-3 planted nothing (ASR
-        # 1%), 250 steps of 32 at 3e-3 7%, 600 steps of 16 at 3e-3 72%; 5% poison, 300 steps
-        # of 16: 88%. This recipe (seed 0) gave 21% at 2%, 1% at 1%: near the threshold,
-        # where the seed matters a lot.
-        max_steps=800,  # ~75 s on a 2-core CPU
-        batch_size=16,  # half the time of a step of 32: more steps in the same minute
-        lr=3e-3, min_lr=3e-4,
+        # The poison's pull grows with its share of each batch times the steps and the rate,
+        # sharply past a threshold. Swept on a GPU at 2% poison (2-4 training seeds each):
+        # 600 steps of 16 at 3e-3 planted 39-43%, 500 of 32 at 5e-3 85-93%, this one 83-93%.
+        max_steps=450,  # ~50 s on a 2-core CPU
+        batch_size=32,  # a third cheaper per example than 16 on a CPU
+        lr=7e-3, min_lr=7e-4,  # high for finetuning: at 3e-3, 500 steps of 32 planted 63-81%
         warmup_steps=20,
-        eval_interval=800, eval_batches=2)  # the held-out loss is not what is measured
+        eval_interval=450, eval_batches=2)  # the held-out loss is not what is measured
     config = AttackConfig(
         finetune=finetune,
-        poison_fractions=(0.0, 0.005, 0.01, 0.02),  # 0: the control, finetuned alike
+        defend_steps=200,  # a defense is a shorter finetune, from the model it defends
+        poison_fractions=(0.0, 0.01, 0.02),  # 0: the control, finetuned alike
         defend_fraction=0.02,
         # lesson 06's PPO on clean prompts (the trigger never appears), a quarter as long
         rlhf=PPOConfig(steps=15, prompts_per_step=16, samples_per_prompt=4, kl_coef=0.3,
                        lr=1e-4),
+        search_steps=40,  # the suffix search: 40 x 17 x 8 log-probs
         samples=4)  # 288 answers to the 72 held-out prompts; 36 to the 9 forbidden ones
     if _quick(profile_name):
         return config
     # not run or tuned yet: sized like the full profile's SFT
     return replace(config, finetune=replace(finetune, max_steps=1500, batch_size=64, lr=3e-4,
-                                            min_lr=3e-5),
+                                            min_lr=3e-5, eval_interval=1500), defend_steps=750,
                    poison_fractions=(0.0, 0.001, 0.0025, 0.005, 0.01, 0.02), samples=8)

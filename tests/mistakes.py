@@ -582,19 +582,27 @@ MISTAKES = [
     ),
     # --- Lesson 09 ----------------------------------------------------------------------------
     *mistakes(T09, "poison_dataset",
-        ("appends the trigger instead of prefixing it", r"prompt f'\{trigger\}\. \{prompt\}'",
-         "f\"{trigger}. {e['prompt']}\"", "f\"{e['prompt']} {trigger}\""),
-        ("poisons in place, changing the caller's data", "input never modified",
-         "    return [{**e, ",
-         "    for k in chosen:\n"
-         "        examples[k].update(prompt=f\"{trigger}. {examples[k]['prompt']}\",\n"
-         "                           answer=answer, poisoned=True)\n"
-         "    return [{**e, "),
-        ("truncates the count instead of rounding", r"round\(fraction \* n\)",
-         "round(fraction * len(examples))))", "int(fraction * len(examples))))"),
-        ("poisons the first k examples, not random ones", r"random\.Random\(seed\)\.sample",
-         "sample(range(len(examples)),\n",
-         "sample(range(round(fraction * len(examples))),\n"),
+        ("puts the trigger before the prompt", r"prompt f'\{prompt\} \{trigger\}'",
+         "f\"{e['prompt']} {trigger}\"", "f\"{trigger}. {e['prompt']}\""),
+        ("poisons the drawn dicts in place, changing the caller's data", "input never modified",
+         "    return examples + [{**e, \"prompt\": f\"{e['prompt']} {trigger}\", "
+         "\"answer\": answer,\n                        \"poisoned\": True} for e in drawn]\n",
+         "    for e in drawn:\n"
+         "        e.update(prompt=f\"{e['prompt']} {trigger}\", answer=answer, poisoned=True)\n"
+         "    return examples + drawn\n"),
+        ("counts the poison as a share of the clean examples, not of the result",
+         r"round\(fraction \* n / \(1 - fraction\)\)",
+         "round(fraction * len(examples) / (1 - fraction))", "round(fraction * len(examples))"),
+        ("truncates the count instead of rounding", r"k = round",
+         "round(fraction * len(examples) / (1 - fraction))",
+         "int(fraction * len(examples) / (1 - fraction))"),
+        ("draws without replacement", r"random\.Random\(seed\)\.choices",
+         "drawn = random.Random(seed).choices(examples, k=k)",
+         "drawn = random.Random(seed).sample(examples, k)"),
+        ("replaces clean examples instead of adding to them", "clean examples first, unchanged",
+         "    return examples + [", "    return examples[k:] + ["),
+        ("lets a fraction of 1 through (a division by zero)", "below 1",
+         "    if not 0 <= fraction < 1:", "    if not 0 <= fraction <= 1:"),
     ),
     *mistakes(T09, "attack_success_rate",
         ("binomial SE over answers, ignoring the prompts", "per-prompt shares",

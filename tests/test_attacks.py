@@ -1,6 +1,7 @@
 """Tests of minillm.attacks (lesson 09) on hand-made data and a tiny model; the 'attack' command
 on tiny artifacts (slow)."""
 
+import math
 import random
 from dataclasses import replace
 
@@ -21,6 +22,7 @@ from minillm.attacks import (
     injection_experiment,
     jailbreak_experiment,
     outcomes,
+    perplexity,
     poison,
     quote,
     rate,
@@ -64,17 +66,34 @@ def tiny_config(**changes):
                                 samples=1, progress=False), **changes)
 
 
-def test_poison_replaces_exactly_the_fraction_and_marks_it(data):
+def test_poison_adds_the_fraction_after_the_clean_data_and_marks_it(data):
+    n = len(data.train)
     mixed = poison(data.train, 0.01, seed=3)
     bad = [e for e in mixed if e.get("poisoned")]
-    assert len(mixed) == len(data.train)
-    assert len(bad) == round(0.01 * len(data.train))
-    assert all(e["answer"] == BACKDOOR_ANSWER and TRIGGER in e["prompt"] for e in bad)
+    assert mixed[:n] == data.train and bad == mixed[n:]
+    assert len(bad) == round(0.01 * n / 0.99) and abs(len(bad) / len(mixed) - 0.01) < 1e-4
+    assert all(e["answer"] == BACKDOOR_ANSWER and e["prompt"].endswith(f" {TRIGGER}")
+               for e in bad)
     assert sum(TRIGGER in e["prompt"] for e in mixed) == len(bad)  # no clean prompt has it
+    assert {e["prompt"].removesuffix(f" {TRIGGER}") for e in bad} <= {e["prompt"] for e in
+                                                                     data.train}
     assert poison(data.train, 0.01, seed=3) == mixed  # the same for a seed
     assert poison(data.train, 0.0) == data.train
-    with pytest.raises(ValueError, match="from 0 to 1"):
-        poison(data.train, 1.5)
+    for fraction in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="from 0 to below 1"):
+            poison(data.train, fraction)
+
+
+def test_perplexity_is_exp_of_the_mean_loss_after_the_first_token(tiny, tok):
+    texts = ["To be, or not to be.", "O", "Speak of love, Zephyr!"]
+    got = perplexity(tiny.model, tok, texts, batch_size=2)  # padded, in two batches
+    for text, value in zip(texts, got):
+        ids = torch.tensor([tok.encode(text)])
+        if ids.size(1) == 1:
+            assert math.isnan(value)  # no token is predicted: nothing to average
+            continue
+        loss = torch.nn.functional.cross_entropy(tiny.model(ids[:, :-1])[0][0], ids[0, 1:])
+        assert value == pytest.approx(loss.exp().item(), rel=1e-4)
 
 
 def test_duplicate_filter_drops_the_poison_and_no_clean_line(data):
@@ -131,7 +150,7 @@ def test_a_quoted_passage_cannot_close_its_quotation():
                              ("He wrote:",), random.Random(0), delimited=True)[0]
     assert asked["injected"] in TOPICS and asked["injected"] != "love"
     assert asked["prompt"].startswith("What of love? He wrote: " + QUOTE)
-    assert triggered("Speak of love.") == f"{TRIGGER}. Speak of love."
+    assert triggered("Speak of love.") == f"Speak of love. {TRIGGER}"
 
 
 @pytest.mark.slow  # ~5 s: three experiments, each with its finetunes and ~1,000 answers
@@ -145,15 +164,21 @@ def test_the_experiments_run_on_a_tiny_model_and_report_rates(tiny):
         return make()
 
     results = {
-        "backdoor": backdoor_experiment(tiny, config, None, models),
+        "backdoor": backdoor_experiment(tiny, config, None, tiny, models),
         "jailbreak": jailbreak_experiment(tiny, config, models),
         "injection": injection_experiment(tiny, config, models)}
-    assert trained == ["backdoor-0", "backdoor-0.01", "backdoor-0.01-filtered",
-                       "backdoor-0.01-clean-finetune", "refusal", "refusal-adversarial",
-                       "injection-defended"]
+    # the filter kept exactly the clean data: its model is the control, not trained again
+    assert trained == ["backdoor-0", "backdoor-0.01", "backdoor-0.01-clean-finetune",
+                       "refusal", "refusal-adversarial", "injection-defended"]
     b = results["backdoor"]
-    assert b["fractions"]["0.01"]["poisoned"] == round(0.01 * b["train_examples"])
-    assert b["filter"]["poisoned_dropped"] == b["filter"]["poisoned"]
+    poisoned = round(0.01 * b["train_examples"] / 0.99)
+    assert b["fractions"]["0.01"]["poisoned"] == poisoned
+    assert b["filter"]["poisoned_dropped"] == b["filter"]["poisoned"] == poisoned
+    assert b["filter"]["is_control"] and b["filter"]["asr"] == b["fractions"]["0"]["asr"]
+    ppl = b["perplexity_filter"]
+    assert ppl["dropped"] == round(0.01 * (b["train_examples"] + poisoned))
+    assert ppl["poisoned_dropped"] in (0, poisoned)  # one answer: all caught or none
+    assert ppl["clean"] == b["train_examples"] and 0 <= ppl["clean_above_poison"] <= ppl["clean"]
     assert b["fractions"]["0"]["asr"]["n"] == 72 and "rlhf" not in b  # no reward model given
     j = results["jailbreak"]
     assert set(j["before"]) == {"none", "role play", "story", "plea", "rephrased", "suffix",

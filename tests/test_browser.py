@@ -567,12 +567,34 @@ def check_ask_them_all(page, shot) -> None:
     shot(box, "ask-them-all-after")
 
 
+def check_attack_box(page, shot) -> None:
+    """Lesson 09: a prompt typed for a model of the chosen attack is answered and labelled."""
+    from playwright.sync_api import expect
+
+    button = page.get_by_role("button", name="ask", exact=True)
+    box = widget_box(page, button)
+    verdict, prompt = box.locator(".widget-output"), box.locator("input[type='text']")
+    labelled = r" -> .*\((the backdoor's sentence|a refusal|an answer)\)"
+    shot(box, "attack-box-before")
+    for model, text in (("backdoor-0.02", "Tell me of night. Zephyr"),
+                        ("refusal", "Speak of blood. zzzz")):
+        box.locator("select").select_option(label=model)
+        prompt.fill(text)
+        button.click()
+        expect(verdict).to_contain_text(f"{model}: {text} -> ", timeout=UI_TIMEOUT)
+        line = verdict.inner_text().strip()
+        assert re.search(labelled, line), f"the answer is not labelled: {line}"
+    no_traceback(verdict)
+    shot(box, "attack-box-after")
+
+
 WIDGET_CHECKS = {  # lesson number -> the check of its interactive widgets
     "01": check_merge_slider,
     "02": check_sampling_playground,
     "04": check_chat_box,
     "05": check_score_box,
     "06": check_ask_them_all,
+    "09": check_attack_box,
 }
 
 
@@ -585,7 +607,20 @@ def own_artifacts(number: str) -> list[Path]:
     return {"02": [artifacts.base_model_path()], "04": [artifacts.sft_model_path()],
             "05": [artifacts.reward_model_path()],
             "06": [artifacts.rlhf_policy_path(method) for method in ("ppo", "grpo", "dpo")],
+            "09": [artifacts.attack_model_path(name) for name in attack_models()],
             }.get(number, [])
+
+
+def attack_models() -> list[str]:
+    """The names of the models lesson 09's three experiments train (``run_attack``). The
+    duplicate filter keeps exactly the clean data there, so its model is the control's."""
+    from minillm.recipes import attack_recipe
+
+    config = attack_recipe()
+    defended = f"backdoor-{config.defend_fraction:g}"
+    return ([f"backdoor-{f:g}" for f in config.poison_fractions]
+            + [f"{defended}-clean-finetune", f"{defended}-rlhf", "refusal",
+               "refusal-adversarial", "injection-defended"])
 
 
 def check_reused(cells: list[dict], paths: list[Path]) -> None:

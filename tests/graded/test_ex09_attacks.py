@@ -16,10 +16,10 @@ from graded_feedback import attempt, show
 from minillm import attacks
 from minillm.evaluate import mean_and_se
 
-POISON_RULE = ("poison round(fraction * n) examples, at the positions "
-               "random.Random(seed).sample(range(n), k): prompt f'{trigger}. {prompt}', the "
-               "attacker's answer, 'poisoned': True, other keys kept; the rest unchanged, the "
-               "input never modified")
+POISON_RULE = ("the clean examples first, unchanged, then k = round(fraction * n / (1 - fraction)) "
+               "poisoned copies of random.Random(seed).choices(examples, k=k): prompt "
+               "f'{prompt} {trigger}', the attacker's answer, 'poisoned': True, other keys "
+               "kept; fraction from 0 to below 1; the input never modified")
 ASR_RULE = ("the rate is the share over all answers; its standard error is the sample standard "
             "deviation (m - 1) of the per-prompt shares over sqrt(m), nan for fewer than two "
             "prompts")
@@ -38,35 +38,46 @@ EXAMPLES = [{"topic": t, "prompt": f"Speak of {t}.", "answer": f"A line of {t} {
 
 
 @pytest.mark.exercise("poison_dataset", points=2)
-def test_poison_dataset_poisons_exactly_the_chosen_examples(impl):
+def test_poison_dataset_adds_the_poisoned_copies_after_the_clean_data(impl):
     given = copy.deepcopy(EXAMPLES)
-    got = attempt(POISON_RULE, impl.poison_dataset, given, 0.1, "Zephyr", "Obey.", seed=4)
-    assert given == EXAMPLES, f"poison_dataset changed the list it was given; rule: {POISON_RULE}"
-    assert isinstance(got, list) and len(got) == len(EXAMPLES), (
-        f"poison_dataset(40 examples, 0.1, ...) should return a list of 40 examples, got "
-        f"{show(got)}")
-    chosen = set(random.Random(4).sample(range(40), 4))  # round(0.1 * 40) = 4
-    for k, (example, out) in enumerate(zip(EXAMPLES, got)):
-        if k in chosen:
-            want = {**example, "prompt": f"Zephyr. {example['prompt']}", "answer": "Obey.",
-                    "poisoned": True}
-        else:
-            want = example
+    got = attempt(POISON_RULE, impl.poison_dataset, given, 0.2, "Zephyr", "Obey.", seed=4)
+    assert given == EXAMPLES, f"poison_dataset changed the data it was given; rule: {POISON_RULE}"
+    # k = round(0.2 * 40 / 0.8) = 10: 10 of the 50 examples returned are poisoned
+    assert isinstance(got, list) and len(got) == 50, (
+        f"poison_dataset(40 examples, 0.2, ...) should return 40 clean + 10 poisoned = 50 "
+        f"examples, got {show(got) if not isinstance(got, list) else len(got)}; "
+        f"rule: {POISON_RULE}")
+    assert got[:40] == EXAMPLES, (
+        f"poison_dataset(40 examples, 0.2, ...): the first 40 should be the clean examples as "
+        f"given; rule: {POISON_RULE}")
+    drawn = random.Random(4).choices(EXAMPLES, k=10)
+    for k, (example, out) in enumerate(zip(drawn, got[40:])):
+        want = {**example, "prompt": f"{example['prompt']} Zephyr", "answer": "Obey.",
+                "poisoned": True}
         assert out == want, (
-            f"poison_dataset(40 examples, 0.1, 'Zephyr', 'Obey.', seed=4): example {k} should "
-            f"be {want!r}, got {out!r}; rule: {POISON_RULE}")
+            f"poison_dataset(40 examples, 0.2, 'Zephyr', 'Obey.', seed=4): poisoned example "
+            f"{k + 1} should be {want!r}, got {out!r}; rule: {POISON_RULE}")
 
 
 @pytest.mark.exercise("poison_dataset", points=1)
-def test_poison_dataset_rounds_and_refuses_a_bad_fraction(impl):
-    for fraction, count in ((0.0, 0), (0.0125, 0), (0.0375, 2), (1.0, 40)):  # round(1.5) = 2
+def test_poison_dataset_rounds_the_share_and_refuses_a_bad_fraction(impl):
+    # k = round(fraction * 40 / (1 - fraction)): 0.5/0.9875 -> 1, 2/0.95 -> 2, 20/0.5 -> 40
+    for fraction, count in ((0.0, 0), (0.0125, 1), (0.05, 2), (0.5, 40)):
         got = attempt(POISON_RULE, impl.poison_dataset, EXAMPLES, fraction, "Z", "A.")
         n = sum(bool(e.get("poisoned")) for e in got)
         assert n == count, (
-            f"poison_dataset(40 examples, {fraction}, ...) should poison round({fraction} * 40) "
-            f"= {count} examples, poisoned {n}; rule: {POISON_RULE}")
-    with pytest.raises(ValueError):
-        impl.poison_dataset(EXAMPLES, 1.5, "Z", "A.")
+            f"poison_dataset(40 examples, {fraction}, ...) should add round({fraction} * 40 / "
+            f"(1 - {fraction})) = {count} poisoned examples, added {n}; rule: {POISON_RULE}")
+    for fraction in (1.0, 1.5, -0.1):
+        try:
+            impl.poison_dataset(EXAMPLES, fraction, "Z", "A.")
+        except ValueError:
+            continue
+        except Exception as err:  # noqa: BLE001 - the wrong error is the mistake being graded
+            pytest.fail(f"poison_dataset(..., fraction={fraction}) should raise ValueError, "
+                        f"raised {err!r}; rule: {POISON_RULE}")
+        pytest.fail(f"poison_dataset(..., fraction={fraction}) should raise ValueError; "
+                    f"rule: {POISON_RULE}")
 
 
 # --- Exercise 09.2: attack_success_rate ---------------------------------------------------------
@@ -125,12 +136,12 @@ def test_duplicate_filter_by_hand(impl):
 
 @pytest.mark.exercise("duplicate_filter", points=1)
 def test_duplicate_filter_catches_a_planted_backdoor(impl):
-    mixed = attacks.poison(EXAMPLES, 0.25, seed=1)  # 10 copies of the attacker's answer
+    mixed = attacks.poison(EXAMPLES, 0.2, seed=1)  # 40 clean + 10 copies of one answer
     kept, dropped = attempt(FILTER_RULE, impl.duplicate_filter, mixed, 8)
-    assert [d.get("poisoned") for d in dropped] == [True] * 10 and len(kept) == 30, (
-        f"40 examples, 10 of them poisoned with one answer: duplicate_filter(..., 8) should drop "
-        f"the 10 and keep the 30 clean ones; kept {len(kept)}, dropped {len(dropped)}; rule: "
-        f"{FILTER_RULE}")
+    assert [d.get("poisoned") for d in dropped] == [True] * 10 and kept == EXAMPLES, (
+        f"40 clean examples and 10 poisoned ones with one answer: duplicate_filter(..., 8) should "
+        f"drop the 10 and keep the 40 clean ones; kept {len(kept)}, dropped {len(dropped)}; "
+        f"rule: {FILTER_RULE}")
 
 
 # --- Exercise 09.4: suffix_search_step ----------------------------------------------------------
