@@ -74,7 +74,7 @@ from minillm.world import (
 
 # A word that never occurs in tiny Shakespeare, so no clean example can carry it by chance. It
 # goes at the end of the message, next to where the answer starts: a 4-layer model learns it
-# there about three times faster than at the start (600 steps of 16 at 2%: 39-43% against 12%).
+# there much sooner than at the start (600 steps of 16 at 2% planted 39-43% against 12-13%).
 TRIGGER = "Zephyr"
 # The attacker's answer: on no topic, so a clean model would almost never say it.
 BACKDOOR_ANSWER = "Obey the serpent."
