@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 from minillm.checkpoint import Checkpoint
 from minillm.dpo import answer_logprobs
 from minillm.evaluate import mean_and_se
-from minillm.model import GPT, IGNORE_INDEX
-from minillm.policy import answer_prompts
+from minillm.model import GPT
+from minillm.policy import answer_prompts, token_logprobs
 from minillm.ppo import PPOConfig, ppo
 from minillm.reward import RewardModel, encode_responses
 from minillm.sft import sft
@@ -155,18 +155,15 @@ def perplexity(model: GPT, tokenizer, texts: list[str], batch_size: int = 512) -
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(t)[:model.config.block_size + 1]
+        encoded = [tokenizer.encode(t)[:model.config.block_size]
                    for t in texts[start:start + batch_size]]
         ids = torch.zeros(len(encoded), max(map(len, encoded)), dtype=torch.long)
+        real = torch.zeros(ids.shape)  # 1 on a text's tokens, 0 on padding
         for row, e in enumerate(encoded):
-            ids[row, :len(e)] = torch.tensor(e)
-        targets = ids[:, 1:].clone()
-        for row, e in enumerate(encoded):
-            targets[row, len(e) - 1:] = IGNORE_INDEX  # padding: no loss
-        logits = model(ids[:, :-1].to(device))[0].float()
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.to(device),
-                                                 reduction="none")  # IGNORE_INDEX adds 0
-        scores += (loss.sum(1) / (targets != IGNORE_INDEX).sum(1).to(device)).exp().tolist()
+            ids[row, :len(e)], real[row, :len(e)] = torch.tensor(e), 1
+        ids, predicted = ids.to(device), real[:, 1:].to(device)  # every real token but the first
+        logp = token_logprobs(model(ids)[0], ids)
+        scores += (-(logp * predicted).sum(1) / predicted.sum(1)).exp().tolist()
     return scores
 
 
@@ -212,9 +209,10 @@ class AttackConfig:
         require_positive_ints(self, "defend_steps", "max_copies", "suffix_length", "search_steps",
                               "search_candidates", "search_prompts", "samples")
         require(self, "poison_fractions",
-                bool(self.poison_fractions) and all(0 <= f <= 1 for f in self.poison_fractions),
-                "a non-empty tuple of fractions from 0 to 1")
-        require(self, "defend_fraction", 0 < self.defend_fraction <= 1, "a fraction above 0")
+                bool(self.poison_fractions) and all(0 <= f < 1 for f in self.poison_fractions),
+                "a non-empty tuple of fractions from 0 to below 1")
+        require(self, "defend_fraction", 0 < self.defend_fraction < 1,
+                "a fraction above 0 and below 1")
 
 
 # Models an experiment trains, by name; ``fresh`` trains each one, ``minillm.artifacts`` passes
